@@ -1,0 +1,668 @@
+"""Masked Mixture Factorization (MMF): every model, mask family, budget rule, metric and
+the full-matrix training loop of this project, in one file.
+
+MMF approximates an I x J matrix with base factors A (I x Rb), B (J x Rb) whose latent
+dimensions are gated, per row and column, by K smooth masks:
+
+    X_hat[i, j] = s^2 * sum_k sum_r A[i,r] MA[i,k,r] B[j,r] MB[j,k,r]
+    MA[i,k,r]   = gA(w_k * p_r - h * UA[i,k])      (reconstruction form, "outer" shift)
+    MA[i,k,r]   = gA(w_k * (p_r - h * UA[i,k]))    (completion form, "inner" shift)
+
+with w_k = linspace(1/K, 1, K), p_r = r, h = Rb/2, s = 1/K. Stacking the K masked copies
+A (.) MA_k side by side gives A_cat (I x K*Rb), so X_hat = s^2 A_cat B_cat^T can reach rank
+K*Rb while storing (I+J)(Rb+K) numbers: the same budget as rank-R MF when Rb = R - K.
+
+Used by main_reconstruction.py, main_completion.py, vis_expressivity.py and
+vis_identifiability.py; nothing here parses command lines except the shared helpers
+(`add_device_args`, `parse_*_list`, `run_cli`).
+
+    >>> X = torch.randn(64, 64)
+    >>> model = MMF(64, 64, Rb=4, K=4)
+    >>> result = fit_full(model, X, make_adam(model, 2e-2, 1e-2), epochs=200)
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class ConfigError(ValueError):
+    """A bad flag or flag combination. Entrypoints print it as one line and exit 2."""
+
+
+# ----------------------------------------------------------------------------------------
+# Mask families: one registry, one meaning per name
+# ----------------------------------------------------------------------------------------
+# The published scripts used the name "gaussian" for three different functions. Here each
+# function has its own name; "gaussian" keeps the meaning the published commands relied on
+# (reconstruction and identifiability), the completion and expressivity variants are
+# "gaussian_pos" and "gaussian_unit". README.md has the full mapping.
+_SQRT_2PI = 2.507  # the published completion script's rounding of sqrt(2*pi)
+_PI = math.pi
+
+# Each entry: (g(d), g'(d) given d and g(d)). The derivative is written out so the MMF
+# backward pass is a handful of whole-tensor operations instead of autograd's chain of
+# small ones (see MaskedFactor); tests check every g' against autograd.
+def _gauss(d: torch.Tensor, amp: float = 1.0, offset: float = 0.0) -> torch.Tensor:
+    """offset + amp * exp(-d^2/2).
+
+    The exponent is clamped at -80 (exp(-80) ~ 2e-35, a normal float32): float32 exp is
+    several times slower on arguments that underflow, and the masks' far tails produce them
+    in bulk; the values change by less than 1e-34. Without autograd recording (inside
+    MaskedFactor) the chain runs in place, sparing three allocations of the mask tensor.
+    """
+    e = d.square()
+    if torch.is_grad_enabled() and d.requires_grad:
+        return offset + amp * torch.exp(torch.clamp(e * -0.5, min=-80.0))
+    e.mul_(-0.5).clamp_(min=-80.0).exp_()
+    if amp != 1.0:
+        e.mul_(amp)
+    return e.add_(offset) if offset else e
+
+
+MASKS: dict[str, tuple[Callable, Callable]] = {
+    "gaussian": (lambda d: _gauss(d, 4.0), lambda d, g: -d * g),
+    "gaussian_pos": (lambda d: _gauss(d, 1.0 / _SQRT_2PI, 0.5), lambda d, g: -d * (g - 0.5)),
+    "gaussian_unit": (_gauss, lambda d, g: -d * g),
+    "sin": (torch.sin, lambda d, g: torch.cos(d)),
+    "cos": (torch.cos, lambda d, g: -torch.sin(d)),
+    "sigmoid": (torch.sigmoid, lambda d, g: g * (1.0 - g)),
+    "sigmoid2": (lambda d: 2.0 * torch.sigmoid(d), lambda d, g: g * (1.0 - 0.5 * g)),
+    "tanh": (torch.tanh, lambda d, g: 1.0 - g * g),
+    "triangle": (lambda d: 4.0 * torch.clamp(1.0 - d.abs(), min=0.0),
+                 lambda d, g: -4.0 * torch.sign(d) * (d.abs() < 1.0)),
+    "linear": (lambda d: d, lambda d, g: torch.ones_like(d)),
+    # torch.sinc(x) = sin(pi x)/(pi x), so this is 4 sin(d)/d (4 at d = 0)
+    "sinc": (lambda d: 4.0 * torch.sinc(d / _PI),
+             lambda d, g: torch.where(d == 0, torch.zeros_like(d),
+                                      (4.0 * torch.cos(d) - g) / torch.where(d == 0, torch.ones_like(d), d))),
+    "square": (lambda d: torch.tanh(torch.sin(d) / 0.1) + 0.5,
+               lambda d, g: (1.0 - (g - 0.5) ** 2) * torch.cos(d) / 0.1),
+    "cauchy": (lambda d: 1.0 / (1.0 + (4.0 * d) ** 2), lambda d, g: -32.0 * d * g * g),
+    "sin01": (lambda d: 0.5 * (torch.sin(d) + 1.0), lambda d, g: 0.5 * torch.cos(d)),
+    "cos01": (lambda d: 0.5 * (torch.cos(d) + 1.0), lambda d, g: -0.5 * torch.sin(d)),
+    "linear01": (lambda d: torch.clamp(d + 0.5, 0.0, 1.0),
+                 lambda d, g: ((d > -0.5) & (d < 0.5)).to(d.dtype)),
+    "psin": (lambda d: (torch.sin(_PI * d) + 2.5) / 5.0, lambda d, g: _PI * torch.cos(_PI * d) / 5.0),
+    "pcos": (lambda d: (torch.cos(_PI * d) + 2.5) / 5.0, lambda d, g: -_PI * torch.sin(_PI * d) / 5.0),
+    "tri": (lambda d: 1.0 - 2.0 * torch.abs(torch.remainder(d + 1.0, 2.0) - 1.0),
+            lambda d, g: -2.0 * torch.sign(torch.remainder(d + 1.0, 2.0) - 1.0)),
+}
+
+# Masks whose derivative is -d * (g - offset): MaskedFactor's backward reuses grad*g for them.
+_GAUSS_OFFSET = {"gaussian": 0.0, "gaussian_pos": 0.5, "gaussian_unit": 0.0}
+
+MASK_FORMULAS = {  # for --help texts and the README table
+    "gaussian": "4*exp(-d^2/2)", "gaussian_pos": "0.5 + exp(-d^2/2)/2.507",
+    "gaussian_unit": "exp(-d^2/2)", "sin": "sin(d)", "cos": "cos(d)", "sigmoid": "sigmoid(d)",
+    "sigmoid2": "2*sigmoid(d)", "tanh": "tanh(d)", "triangle": "4*max(0, 1-|d|)",
+    "linear": "d", "sinc": "4*sin(d)/d", "square": "tanh(sin(d)/0.1) + 0.5",
+    "cauchy": "1/(1+(4d)^2)", "sin01": "(sin(d)+1)/2", "cos01": "(cos(d)+1)/2",
+    "linear01": "clamp(d+0.5, 0, 1)", "psin": "(sin(pi d)+2.5)/5", "pcos": "(cos(pi d)+2.5)/5",
+    "tri": "1 - 2|((d+1) mod 2) - 1|",
+}
+
+
+def get_mask(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The mask function g registered under `name`."""
+    return get_mask_pair(name)[0]
+
+
+def get_mask_pair(name: str) -> tuple[Callable, Callable]:
+    """(g, g') registered under `name`; g'(d, g(d)) is the derivative."""
+    if name not in MASKS:
+        raise ConfigError(f"unknown mask {name!r}; choose one of: {', '.join(MASKS)}")
+    return MASKS[name]
+
+
+# ----------------------------------------------------------------------------------------
+# Budget matching (spec section 1)
+# ----------------------------------------------------------------------------------------
+
+def k_from_ratio(R: int, K_ratio: float) -> int:
+    """K = round(K_ratio * R), clipped to 1 <= K <= R - 1 (an error when R < 2)."""
+    if R < 2:
+        raise ConfigError(f"R={R} leaves no base rank for MMF (need R >= 2 so that Rb = R - K >= 1)")
+    return int(min(max(round(K_ratio * R), 1), R - 1))
+
+
+def base_rank(R: int, K: int) -> int:
+    """Rb = R - K, the MMF base rank at the budget of rank-R MF. An explicit K must leave Rb >= 1."""
+    if K < 1:
+        raise ConfigError(f"K must be >= 1, got K={K}")
+    if R - K < 1:
+        raise ConfigError(f"K={K} with R={R} leaves base rank Rb = R - K = {R - K} < 1; "
+                          f"choose K <= R - 1 or use --K_ratio")
+    return R - K
+
+
+def mf_budget(I: int, J: int, R: int) -> int:
+    return (I + J) * R
+
+
+def bias_mf_rank(I: int, J: int, R: int, bonus: int = 0) -> int:
+    """Rank of bias MF (A B^T + a 1^T + 1 b^T + mu) within (I+J)*R numbers, plus an optional bonus."""
+    r = ((I + J) * R - (I + J + 1)) // (I + J) + bonus
+    if r < 1:
+        raise ConfigError(f"R={R} is too small for mf_bias (its rank would be {r}); "
+                          f"raise R or --bias_rank_bonus")
+    return r
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------
+
+def mse(X_hat: torch.Tensor, X: torch.Tensor) -> float:
+    return float(torch.mean((X_hat.double() - X.double()) ** 2))
+
+
+def rel_fro(X_hat: torch.Tensor, X: torch.Tensor) -> float:
+    """||X_hat - X||_F / ||X||_F."""
+    X = X.double()
+    return float(torch.linalg.norm(X_hat.double() - X) / torch.linalg.norm(X))
+
+
+# ----------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------
+# Every model draws its initial values from a CPU torch.Generator it is given, then moves to
+# the target device, so a (seed, setting) pair gives the same start on any device and no
+# matter how many other settings ran before it in the same process.
+
+def _normal(shape, std: float, gen: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen) * std
+
+
+class MaskedFactor(torch.autograd.Function):
+    """F_cat[n, k, r] = s * F[n, r] * g(wp[k, r] - c[k] * U[n, k]), with a hand-written backward.
+
+    This is the elementwise part of the MMF step (masks times base factors). Autograd would
+    record about a dozen small operations per side and replay them backwards; here the
+    forward is a few in-place whole-tensor operations and the backward two or three
+    multiplications and two sums, so the step stays dominated by the three big matmuls
+    (forward and the two gradient products). c[k] is h (reconstruction form, shift outside
+    w_k) or h * w_k (completion form). `mask` is a name in MASKS.
+    """
+
+    @staticmethod
+    def forward(ctx, F, U, wp, c, s, mask):
+        g, dg = MASKS[mask]
+        D = wp[None] - (U * c)[:, :, None]            # (n, K, Rb) mask arguments
+        G = g(D)
+        ctx.save_for_backward(F, D, G, c)
+        ctx.s, ctx.mask = s, mask
+        return G * (s * F)[:, None, :]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        F, D, G, c = ctx.saved_tensors
+        s, mask = ctx.s, ctx.mask
+        dF = dU = None
+        T = grad_out * G
+        if ctx.needs_input_grad[0]:
+            dF = T.sum(1).mul_(s)                          # sum over the K masks
+        if ctx.needs_input_grad[1]:
+            # d out[n,k,r] / d U[n,k] = -c_k * s * F[n,r] * g'(D[n,k,r]); summed over r.
+            if mask in _GAUSS_OFFSET:                      # g' = -D (g - offset): reuse T
+                off = _GAUSS_OFFSET[mask]
+                P = T if off == 0.0 else T - off * grad_out
+                # -c s sum_r F g' grad = c s sum_r F D (g - off) grad
+                # (T.sum above made a new tensor, so T may be overwritten here)
+                dU = P.mul_(D).mul_(F[:, None, :]).sum(-1).mul_(s * c)
+            else:
+                gd = grad_out * MASKS[mask][1](D, G)
+                dU = (gd.mul_(F[:, None, :])).sum(-1).mul_(-s * c)
+        return dF, dU, None, None, None, None
+
+
+class MMF(nn.Module):
+    """Masked Mixture Factorization.
+
+    Rb: base rank; K: number of masks; mask_A/mask_B: names in MASKS; scale: s (default 1/K).
+    shift_placement: "outer" (reconstruction form, d = w_k p_r - h u) or "inner" (completion
+    form, d = w_k (p_r - h u)). shifts: "learned" (trainable, start at shift_init or 0),
+    "fixed" (the given shift_init, not trained) or "zero" (no shifts at all: the masks then
+    reduce to one fixed weight per latent dimension, which is no more expressive than MF).
+    """
+
+    def __init__(self, I: int, J: int, Rb: int, K: int, mask_A: str = "gaussian",
+                 mask_B: str = "gaussian", scale: float | None = None,
+                 shift_placement: str = "outer", shifts: str = "learned",
+                 shift_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 init_std: float = 0.02, gen: torch.Generator | None = None):
+        super().__init__()
+        if Rb < 1 or K < 1:
+            raise ConfigError(f"MMF needs Rb >= 1 and K >= 1, got Rb={Rb}, K={K}")
+        if shift_placement not in ("outer", "inner"):
+            raise ConfigError(f"unknown shift_placement {shift_placement!r}")
+        if shifts not in ("learned", "fixed", "zero"):
+            raise ConfigError(f"unknown shift mode {shifts!r}")
+        self.I, self.J, self.Rb, self.K = I, J, Rb, K
+        self.gA, self.gB = get_mask(mask_A), get_mask(mask_B)
+        self.mask_names = (mask_A, mask_B)
+        self.scale = 1.0 / K if scale is None or scale < 0 else float(scale)
+        self.shift_placement, self.shift_mode = shift_placement, shifts
+        self.h = Rb / 2.0
+        self.A = nn.Parameter(_normal((I, Rb), init_std, gen))
+        self.B = nn.Parameter(_normal((J, Rb), init_std, gen))
+        # omega_k and p_r as buffers so they follow .to(device)
+        self.register_buffer("omega", torch.linspace(1.0 / K, 1.0, K), persistent=False)
+        self.register_buffer("p", torch.arange(Rb, dtype=torch.float32), persistent=False)
+        UA0, UB0 = shift_init if shift_init is not None else (torch.zeros(I, K), torch.zeros(J, K))
+        if shifts == "learned":
+            self.UA, self.UB = nn.Parameter(UA0.clone()), nn.Parameter(UB0.clone())
+        elif shifts == "fixed":
+            self.register_buffer("UA", UA0.clone())
+            self.register_buffer("UB", UB0.clone())
+        else:
+            self.UA = self.UB = None
+
+    # --- masks -------------------------------------------------------------------------
+    def _d(self, U: torch.Tensor | None) -> torch.Tensor:
+        """Mask arguments d, shape (n, K, Rb) for n rows of shifts U (n x K); (1, K, Rb) if U is None."""
+        wp = self.omega[:, None] * self.p[None, :]                       # K x Rb
+        if U is None:
+            return wp[None]
+        if self.shift_placement == "outer":
+            return wp[None] - self.h * U[:, :, None]
+        return self.omega[None, :, None] * (self.p[None, None, :] - self.h * U[:, :, None])
+
+    def masks_A(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """s * gA(d) for the given rows of A (all rows if None): (n, K, Rb), or (1, K, Rb) without shifts."""
+        U = self.UA if (self.UA is None or rows is None) else self.UA[rows]
+        return self.scale * self.gA(self._d(U))
+
+    def masks_B(self, cols: torch.Tensor | None = None) -> torch.Tensor:
+        U = self.UB if (self.UB is None or cols is None) else self.UB[cols]
+        return self.scale * self.gB(self._d(U))
+
+    # --- forwards ----------------------------------------------------------------------
+    def factors_cat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_cat (I x K*Rb) and B_cat (J x K*Rb), each carrying one factor s of s^2."""
+        if self.UA is None:
+            # no shifts: one fixed (K, Rb) mask shared by all rows; autograd is cheap here
+            A_cat = self.A[:, None, :] * self.masks_A()
+            B_cat = self.B[:, None, :] * self.masks_B()
+        else:
+            wp = self.omega[:, None] * self.p[None, :]
+            c = self.h * (self.omega if self.shift_placement == "inner" else torch.ones_like(self.omega))
+            A_cat = MaskedFactor.apply(self.A, self.UA, wp, c, self.scale, self.mask_names[0])
+            B_cat = MaskedFactor.apply(self.B, self.UB, wp, c, self.scale, self.mask_names[1])
+        # (I, K, Rb) -> (I, K*Rb), k-major columns
+        return A_cat.reshape(self.I, self.K * self.Rb), B_cat.reshape(self.J, self.K * self.Rb)
+
+    def forward(self) -> torch.Tensor:
+        """The full I x J reconstruction: one matmul of the concatenated masked factors."""
+        A_cat, B_cat = self.factors_cat()
+        return A_cat @ B_cat.T
+
+    def forward_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """X_hat[rows[n], cols[n]] for a batch of (row, col) pairs, without forming X_hat.
+
+        sum_k MA[i,k,r] MB[j,k,r] is computed first (n x Rb), so the cost is n*K*Rb.
+        Masks are computed once per distinct row / column in the batch and then gathered.
+        """
+        mix = self.mask_mix(rows, cols)                                   # n x Rb
+        return (self.A[rows] * self.B[cols] * mix).sum(-1)
+
+    def mask_mix(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """sum_k MA[rows,k,:] * MB[cols,k,:] -> (n, Rb); masks evaluated once per distinct id."""
+        if self.UA is None:
+            MA = self.masks_A()
+            mA = MA.expand(rows.shape[0], -1, -1)
+        else:
+            ur, inv_r = torch.unique(rows, return_inverse=True)
+            mA = self.masks_A(ur)[inv_r]
+        if self.UB is None:
+            mB = self.masks_B().expand(cols.shape[0], -1, -1)
+        else:
+            uc, inv_c = torch.unique(cols, return_inverse=True)
+            mB = self.masks_B(uc)[inv_c]
+        return (mA * mB).sum(1)
+
+    def param_groups(self, lr_factors: float, lr_shifts: float) -> list[dict]:
+        groups = [{"params": [self.A, self.B], "lr": lr_factors}]
+        if self.shift_mode == "learned":
+            groups.append({"params": [self.UA, self.UB], "lr": lr_shifts})
+        return groups
+
+
+class MF(nn.Module):
+    """Plain matrix factorization X_hat = A B^T (rank R); with bias=True adds row/column
+    biases and a global offset: A B^T + a 1^T + 1 b^T + mu (all learned).
+    nonneg=True keeps raw parameters and uses softplus(A) softplus(B)^T (NMF)."""
+
+    def __init__(self, I: int, J: int, R: int, bias: bool = False, nonneg: bool = False,
+                 init_std: float = 0.02, gen: torch.Generator | None = None):
+        super().__init__()
+        if R < 1:
+            raise ConfigError(f"MF needs rank R >= 1, got {R}")
+        self.I, self.J, self.R, self.nonneg = I, J, R, nonneg
+        self.A = nn.Parameter(_normal((I, R), init_std, gen))
+        self.B = nn.Parameter(_normal((J, R), init_std, gen))
+        if bias:
+            self.a = nn.Parameter(torch.zeros(I))
+            self.b = nn.Parameter(torch.zeros(J))
+            self.mu = nn.Parameter(torch.zeros(()))
+        else:
+            self.a = self.b = self.mu = None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.nonneg:
+            return nn.functional.softplus(self.A), nn.functional.softplus(self.B)
+        return self.A, self.B
+
+    def forward(self) -> torch.Tensor:
+        A, B = self.factors()
+        X_hat = A @ B.T
+        if self.a is not None:
+            X_hat = X_hat + self.a[:, None] + self.b[None, :] + self.mu
+        return X_hat
+
+    def forward_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        A, B = self.factors()
+        out = (A[rows] * B[cols]).sum(-1)
+        if self.a is not None:
+            out = out + self.a[rows] + self.b[cols] + self.mu
+        return out
+
+
+def truncated_svd(X: torch.Tensor, R: int) -> torch.Tensor:
+    """Best rank-R approximation of X (Eckart-Young), computed in float64 on X's device."""
+    U, S, Vh = torch.linalg.svd(X.double(), full_matrices=False)
+    R = min(R, S.numel())
+    return ((U[:, :R] * S[:R]) @ Vh[:R]).to(X.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Devices, seeding, precision
+# ----------------------------------------------------------------------------------------
+
+def add_device_args(parser) -> None:
+    """--device, --tf32, --deterministic: the same three flags in every entrypoint."""
+    parser.add_argument("--device", default="auto",
+                        help="auto|cpu|cuda|cuda:N|mps (auto: CUDA if present, else MPS, else CPU; "
+                             "a GPU asked for but absent falls back to CPU with a warning)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 matmuls on Ampere+ GPUs (faster, ~1e-3 relative precision)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms (bitwise-repeatable GPU runs; may be slower)")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a --device string into a torch.device. A GPU that is not there gives one warning
+    line and the CPU, so commands written for a GPU machine still run on a laptop."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise ConfigError(f"bad --device {spec!r} (use auto, cpu, cuda, cuda:N or mps)")
+        if not torch.cuda.is_available():
+            print(f"warning: --device {spec} requested but CUDA is not available; running on CPU",
+                  file=sys.stderr)
+            return torch.device("cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            print("warning: --device mps requested but MPS is not available; running on CPU",
+                  file=sys.stderr)
+            return torch.device("cpu")
+        return torch.device("mps")
+    raise ConfigError(f"bad --device {spec!r} (use auto, cpu, cuda, cuda:N or mps)")
+
+
+def setup_torch(device: torch.device, tf32: bool = False, deterministic: bool = False) -> None:
+    """Precision and determinism switches; call once per process after resolve_device."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; must be set before first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def setting_generator(*key) -> torch.Generator:
+    """A CPU generator seeded from a setting (e.g. seed, R, K, method): each setting's random
+    draws are the same whatever ran before it, in this process or another one."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings measure the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# ----------------------------------------------------------------------------------------
+# The full-matrix training loop
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class FitResult:
+    best_epoch: int            # 1-based epoch whose parameters gave the lowest training loss
+    best_loss: float           # that training loss (NaN if the run diverged before any epoch)
+    train_time_sec: float
+    diverged: bool = False
+    message: str = ""
+    history: list[float] = field(default_factory=list)   # loss every log_every epochs
+
+
+def make_adam(model: nn.Module, lr_factors: float, lr_shifts: float | None = None) -> torch.optim.Optimizer:
+    """Adam over a model; MMF gets two groups (factors, shifts) with their own learning rates."""
+    if isinstance(model, MMF):
+        groups = model.param_groups(lr_factors, lr_factors if lr_shifts is None else lr_shifts)
+    else:
+        groups = [{"params": list(model.parameters()), "lr": lr_factors}]
+    # The fused implementation updates all tensors of a group in one kernel (CPU and CUDA);
+    # the default per-tensor path costs more than the model's matmuls at small ranks.
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):   # a device without a fused Adam kernel
+        return torch.optim.Adam(groups, foreach=True)
+
+
+def fit_full(model: nn.Module, X: torch.Tensor, optimizer: torch.optim.Optimizer, epochs: int,
+             penalty: Callable[[], torch.Tensor] | None = None, log_every: int = 0,
+             name: str = "", log: Callable[[str], None] = print) -> FitResult:
+    """Fit model() to the fully observed X by full-batch gradient steps on the mean squared error.
+
+    The model left behind holds the parameters of the best epoch by training loss (the loss
+    evaluated at epoch t is the one of the parameters *before* step t, so those are snapshot).
+    A NaN/inf loss stops this model with diverged=True instead of raising, so a sweep carries
+    on with its other settings. `penalty` adds a regularizer to the loss (not to the reported
+    loss used for model selection, which is the plain MSE).
+    """
+    device = X.device
+    params = [p for p in model.parameters()]
+    best_state = [p.detach().clone() for p in params]
+    # On a GPU, keep the best-loss bookkeeping on the device: a .item() per epoch would make
+    # the CPU wait for the GPU every step. On the CPU there is nothing to wait for.
+    on_gpu = device.type != "cpu"
+    best_loss = torch.full((), float("inf"), device=device) if on_gpu else float("inf")
+    best_epoch_t = torch.zeros((), dtype=torch.long, device=device) if on_gpu else 0
+    history: list[float] = []
+    sync(device)
+    t0 = time.perf_counter()
+    diverged, message = False, ""
+    for epoch in range(1, epochs + 1):
+        optimizer.zero_grad(set_to_none=True)
+        X_hat = model()
+        loss = nn.functional.mse_loss(X_hat, X)
+        total = loss if penalty is None else loss + penalty()
+        if on_gpu:
+            with torch.no_grad():
+                improved = loss < best_loss
+                for b, p in zip(best_state, params):
+                    torch.where(improved, p, b, out=b)
+                best_epoch_t = torch.where(improved, epoch, best_epoch_t)
+                best_loss = torch.where(improved, loss.detach(), best_loss)
+        else:
+            lv = loss.item()
+            if not math.isfinite(lv):
+                diverged, message = True, f"{name}: loss became {lv} at epoch {epoch}; stopped (diverged)"
+                break
+            if lv < best_loss:
+                best_loss, best_epoch_t = lv, epoch
+                with torch.no_grad():
+                    for b, p in zip(best_state, params):
+                        b.copy_(p)
+        want_log = log_every and (epoch % log_every == 0 or epoch == epochs)
+        if on_gpu and (want_log or epoch % 100 == 0):
+            lv = loss.item()   # an occasional sync to catch divergence early
+            if not math.isfinite(lv):
+                diverged, message = True, f"{name}: loss became {lv} at epoch {epoch}; stopped (diverged)"
+                break
+        if want_log:
+            lv = loss.item()
+            history.append(lv)
+            log(f"  {name} epoch {epoch:5d}/{epochs}  loss {lv:.6e}  "
+                f"({time.perf_counter() - t0:.1f}s)")
+        total.backward()
+        optimizer.step()
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    with torch.no_grad():
+        for b, p in zip(best_state, params):
+            p.copy_(b)
+    bl = float(best_loss)
+    be = int(best_epoch_t)
+    if be == 0:   # not one finite loss
+        diverged = True
+        message = message or f"{name}: no finite loss; stopped (diverged)"
+    return FitResult(best_epoch=be, best_loss=bl, train_time_sec=elapsed, diverged=diverged,
+                     message=message, history=history)
+
+
+# ----------------------------------------------------------------------------------------
+# Small shared helpers for the entrypoints
+# ----------------------------------------------------------------------------------------
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(t) for t in str(text).replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ConfigError(f"{flag}: cannot parse {text!r} as a comma-separated list of integers")
+    return vals
+
+
+def parse_float_list(text: str, flag: str) -> list[float]:
+    try:
+        vals = [float(t) for t in str(text).replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ConfigError(f"{flag}: cannot parse {text!r} as a comma-separated list of numbers")
+    if any(not math.isfinite(v) for v in vals):
+        raise ConfigError(f"{flag}: values must be finite, got {text!r}")
+    return vals
+
+
+def parse_str_list(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    An interrupted run never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def savefig_atomic(fig, path, **kw) -> None:
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix, **kw)
+
+
+def environment_info(device: torch.device) -> dict:
+    """Library versions and hardware, for the manifest written next to every result."""
+    import scipy
+    info = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    try:
+        import subprocess
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except Exception:
+        info["git_commit"] = None
+    return info
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run an entrypoint's main(); a ConfigError / DataError becomes one line on stderr and
+    exit code 2 instead of a traceback. Ctrl-C exits 130 quietly."""
+    try:
+        rc = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except ValueError as e:
+        # ConfigError and data_utils.DataError are both ValueErrors raised on purpose with a
+        # message for the user; any other exception is a bug and keeps its traceback.
+        if type(e).__name__ in ("ConfigError", "DataError"):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(rc or 0)
