@@ -666,3 +666,356 @@ def run_cli(main: Callable[[], int | None]) -> None:
             sys.exit(2)
         raise
     sys.exit(rc or 0)
+
+
+# ========================================================================================
+# Completion form (spec section 3): ratings of (user, item) pairs
+# ========================================================================================
+# main_completion.py predicts explicit ratings. The user-item interaction is MF or MMF from
+# above, unchanged; what the completion form adds is explicit and lives only here:
+#
+#     pred(u, i) = mu + b_u + b_i + core(u, i)
+#
+#   mu    a constant, the training mean (a buffer, not learned; the published scripts
+#         fixed it at 3.0, which --mu 3 reproduces)
+#   b_u   learned user and item biases (optional)
+#   core  MF(bias=False): A_u . B_i, or MMF(Rb=R, K, shift_placement="inner"):
+#         sum_k sum_r A[u,r] B[i,r] MA[u,k,r] MB[i,k,r], i.e. MMF.forward_entries. With h = Rb/2
+#         = R/2 and s = 1/K per side, MA[u,k,r] = g(w_k (p_r - h UA[u,k])) / K: the spec's
+#         completion masks. Shift modes: "zero" (no shifts), "random" (fixed N(0, std^2)
+#         shifts, MMF shifts="fixed"), "learned".
+#
+# Speed. A training batch holds a few thousand ratings of a few hundred distinct users and
+# items. MMF.forward_entries evaluates the masks once per distinct id but then gathers them
+# per rating, materialising two (batch, K, R) tensors (2 x 176 MB at R 256, K 42, batch
+# 4096). `pair_scores` instead forms the masked factors A_cat = A (.) MA of the distinct ids
+# only (MaskedFactor: hand-written backward) and takes one dot product of length K*R per
+# rating (PairDot). On the CPU that dot product is a sampled dense-dense matmul and its
+# gradients two sparse-dense matmuls over the batch's user x item pattern (CSR kernels);
+# elsewhere it is a chunked gather. Without shifts the masks collapse to one weight per
+# latent dimension, w_r = sum_k MA[k,r] MB[k,r], and MMF costs what MF costs.
+
+
+# CSR tensors are a "beta" feature; PairDot only uses the stable kernels below.
+import warnings as _warnings
+_warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+class PairDot(torch.autograd.Function):
+    """out[n] = X[rows[n]] . Y[cols[n]] for X (nx, D), Y (ny, D), with its backward
+    dX[a] = sum_{n: rows[n]=a} g[n] Y[cols[n]] (and dY likewise).
+
+    On the CPU both are sparse kernels over the n (row, col) pairs: the forward a sampled
+    dense-dense matmul, the backward two CSR x dense products. They read each row of X and
+    Y from memory once per pair without writing an (n, D) intermediate, which is what the
+    gather formulation costs. On other devices (where gathers are cheap) it is a gather in
+    chunks of `_PAIR_CHUNK` pairs, so memory stays bounded for large evaluation batches.
+    """
+
+    @staticmethod
+    def forward(ctx, X, Y, rows, cols):
+        plan = _PairPlan(rows, cols, X.shape[0], Y.shape[0])
+        ctx.save_for_backward(X, Y)
+        ctx.plan = plan
+        return plan.dot(X, Y)
+
+    @staticmethod
+    def backward(ctx, g):
+        X, Y = ctx.saved_tensors
+        plan = ctx.plan
+        dX = plan.scatter_rows(g, Y) if ctx.needs_input_grad[0] else None
+        dY = plan.scatter_cols(g, X) if ctx.needs_input_grad[1] else None
+        return dX, dY, None, None
+
+
+_PAIR_CHUNK = 8192
+
+
+class _PairPlan:
+    """The pair pattern of one batch, in the form the kernels of PairDot need."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, nx: int, ny: int):
+        self.rows, self.cols, self.nx, self.ny = rows, cols, nx, ny
+        self.sparse = rows.device.type == "cpu"
+        if self.sparse:
+            # CSR by rows (for the dot and dX) and by columns (for dY). Pairs need not be
+            # distinct: the kernels treat a repeated pair as two entries, as the math does.
+            self.by_row = self._csr(rows, cols, nx, ny)
+            self.by_col = self._csr(cols, rows, ny, nx)
+
+    @staticmethod
+    def _csr(major: torch.Tensor, minor: torch.Tensor, n_major: int, n_minor: int):
+        order = torch.argsort(major * n_minor + minor)
+        crow = torch.zeros(n_major + 1, dtype=torch.long, device=major.device)
+        torch.cumsum(torch.bincount(major, minlength=n_major), 0, out=crow[1:])
+        return order, crow, minor[order], (n_major, n_minor)
+
+    @staticmethod
+    def _matrix(csr, values: torch.Tensor) -> torch.Tensor:
+        order, crow, col, shape = csr
+        return torch.sparse_csr_tensor(crow, col, values[order], shape, check_invariants=False)
+
+    def dot(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        n = self.rows.shape[0]
+        if self.sparse:
+            order = self.by_row[0]
+            S = self._matrix(self.by_row, torch.ones(n, dtype=X.dtype))
+            vals = torch.sparse.sampled_addmm(S, X, Y.T, beta=0.0).values()
+            return torch.empty_like(vals).index_copy_(0, order, vals)
+        out = torch.empty(n, dtype=X.dtype, device=X.device)
+        for s in range(0, n, _PAIR_CHUNK):
+            r, c = self.rows[s:s + _PAIR_CHUNK], self.cols[s:s + _PAIR_CHUNK]
+            out[s:s + _PAIR_CHUNK] = (X[r] * Y[c]).sum(-1)
+        return out
+
+    def _scatter(self, csr, g, Z, idx_out, idx_in, n_out):
+        if self.sparse:
+            return self._matrix(csr, g.to(Z.dtype)) @ Z
+        out = torch.zeros(n_out, Z.shape[1], dtype=Z.dtype, device=Z.device)
+        for s in range(0, g.shape[0], _PAIR_CHUNK):
+            sl = slice(s, s + _PAIR_CHUNK)
+            out.index_add_(0, idx_out[sl], Z[idx_in[sl]] * g[sl, None])
+        return out
+
+    def scatter_rows(self, g, Y):
+        return self._scatter(self.by_row if self.sparse else None, g, Y, self.rows, self.cols, self.nx)
+
+    def scatter_cols(self, g, X):
+        return self._scatter(self.by_col if self.sparse else None, g, X, self.cols, self.rows, self.ny)
+
+
+def _gather_rows(W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """W[idx] whose backward is an embedding backward (a sorted segment sum), several times
+    faster on the CPU than the accumulate-scatter autograd uses for W[idx]."""
+    return nn.functional.embedding(idx, W)
+
+
+def pair_scores(core: nn.Module, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """core(u, i) for a batch of pairs: A_u . B_u for MF; MMF.forward_entries for MMF (same
+    values, computed as described above this section)."""
+    if isinstance(core, MF):
+        A, B = core.factors()
+        out = (_gather_rows(A, users) * _gather_rows(B, items)).sum(-1)
+        if core.a is not None:
+            out = out + core.a[users] + core.b[items] + core.mu
+        return out
+    if not isinstance(core, MMF):
+        raise TypeError(f"pair_scores: unsupported core {type(core).__name__}")
+    if core.UA is None:
+        # No shifts: every row has the same masks, so sum_k MA MB is one weight per r.
+        w = (core.masks_A() * core.masks_B()).sum(1)[0]                  # (Rb,)
+        return (_gather_rows(core.A, users) * w * _gather_rows(core.B, items)).sum(-1)
+    ur, inv_r = torch.unique(users, return_inverse=True)
+    uc, inv_c = torch.unique(items, return_inverse=True)
+    wp = core.omega[:, None] * core.p[None, :]
+    c = core.h * (core.omega if core.shift_placement == "inner" else torch.ones_like(core.omega))
+    # shifts are a Parameter (learned) or a buffer (fixed): only the former gets gradients
+    UA = _gather_rows(core.UA, ur) if core.UA.requires_grad else core.UA[ur]
+    UB = _gather_rows(core.UB, uc) if core.UB.requires_grad else core.UB[uc]
+    A_cat = MaskedFactor.apply(_gather_rows(core.A, ur), UA, wp, c, core.scale, core.mask_names[0])
+    B_cat = MaskedFactor.apply(_gather_rows(core.B, uc), UB, wp, c, core.scale, core.mask_names[1])
+    KR = core.K * core.Rb
+    return PairDot.apply(A_cat.reshape(-1, KR), B_cat.reshape(-1, KR), inv_r, inv_c)
+
+
+class RatingModel(nn.Module):
+    """pred(u, i) = mu + b_u + b_i + core(u, i): see the top of this section.
+
+    core: MF (rank R, bias=False) or MMF (shift_placement="inner"); mu: a float kept fixed;
+    bias: learn b_u and b_i (zeros at the start)."""
+
+    def __init__(self, core: nn.Module, n_users: int, n_items: int, mu: float, bias: bool = True):
+        super().__init__()
+        self.core = core
+        self.register_buffer("mu", torch.tensor(float(mu)))
+        if bias:
+            self.user_bias = nn.Parameter(torch.zeros(n_users))
+            self.item_bias = nn.Parameter(torch.zeros(n_items))
+        else:
+            self.user_bias = self.item_bias = None
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        out = pair_scores(self.core, users, items) + self.mu
+        if self.user_bias is not None:
+            out = out + _gather_rows(self.user_bias[:, None], users)[:, 0] \
+                      + _gather_rows(self.item_bias[:, None], items)[:, 0]
+        return out
+
+    def shift_params(self) -> list[nn.Parameter]:
+        core = self.core
+        return [core.UA, core.UB] if isinstance(core, MMF) and core.shift_mode == "learned" else []
+
+    def make_optimizer(self, lr: float, lr_shifts: float | None = None,
+                       weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """Adam: factors and biases at lr, learned shifts (if any) at lr_shifts."""
+        shifts = self.shift_params()
+        ids = {id(p) for p in shifts}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in ids], "lr": lr}]
+        if shifts:
+            groups.append({"params": shifts, "lr": lr if lr_shifts is None else lr_shifts})
+        try:   # fused: one kernel per group, see make_adam
+            return torch.optim.Adam(groups, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(groups, weight_decay=weight_decay, foreach=True)
+
+
+COMPLETION_SHIFT_MODES = ("zero", "random", "learned")
+
+
+def make_rating_model(kind: str, n_users: int, n_items: int, R: int, K: int, mu: float, *,
+                      bias: bool = True, shift_mode: str = "zero", shift_init: str = "zero",
+                      shift_std: float = 0.1, mask_A: str = "gaussian_pos",
+                      mask_B: str = "gaussian_pos", mask_scale: float | None = None,
+                      init_std: float = 0.02, gen: torch.Generator | None = None) -> RatingModel:
+    """A RatingModel with an MF ("mf") or completion-form MMF ("mmf") core of rank R.
+
+    shift_mode: "zero" | "random" (fixed N(0, shift_std^2) shifts) | "learned" (trainable,
+    starting at zero or, with shift_init="random", N(0, shift_std^2)). Initial values come
+    from `gen` (CPU), so a seed gives the same model on every device."""
+    if kind == "mf":
+        core = MF(n_users, n_items, R, bias=False, init_std=init_std, gen=gen)
+        return RatingModel(core, n_users, n_items, mu, bias)
+    if kind != "mmf":
+        raise ConfigError(f"unknown model {kind!r} (choose mf or mmf)")
+    if K < 1 or K > R:
+        raise ConfigError(f"MMF needs 1 <= K <= R, got K={K}, R={R}")
+    if shift_mode not in COMPLETION_SHIFT_MODES:
+        raise ConfigError(f"unknown shift mode {shift_mode!r} (choose {', '.join(COMPLETION_SHIFT_MODES)})")
+    if shift_init not in ("zero", "random"):
+        raise ConfigError(f"unknown shift init {shift_init!r} (choose zero or random)")
+    shifts = {"zero": "zero", "random": "fixed", "learned": "learned"}[shift_mode]
+    # A and B are drawn first, exactly as MF draws its factors: with the same generator
+    # seed, MF and every MMF shift mode start from the same factors.
+    core = MMF(n_users, n_items, Rb=R, K=K, mask_A=mask_A, mask_B=mask_B, scale=mask_scale,
+               shift_placement="inner", shifts=shifts, init_std=init_std, gen=gen)
+    if shift_mode == "random" or (shift_mode == "learned" and shift_init == "random"):
+        with torch.no_grad():
+            core.UA.copy_(_normal((n_users, K), shift_std, gen))
+            core.UB.copy_(_normal((n_items, K), shift_std, gen))
+    return RatingModel(core, n_users, n_items, mu, bias)
+
+
+# ----- training and evaluation on rating triples -----------------------------------------
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the model and epoch."""
+
+
+@dataclass
+class RatingTensors:
+    """(user, item, rating) triples as tensors on the training device."""
+    users: torch.Tensor     # int64
+    items: torch.Tensor     # int64
+    ratings: torch.Tensor   # float32
+
+    @classmethod
+    def from_arrays(cls, users, items, ratings, device) -> "RatingTensors":
+        return cls(torch.as_tensor(np.asarray(users), dtype=torch.long).to(device),
+                   torch.as_tensor(np.asarray(items), dtype=torch.long).to(device),
+                   torch.as_tensor(np.asarray(ratings), dtype=torch.float32).to(device))
+
+    def __len__(self) -> int:
+        return int(self.ratings.shape[0])
+
+
+@torch.no_grad()
+def predict_ratings(model: RatingModel, data: RatingTensors, clamp: tuple[float, float] | None = None,
+                    batch_size: int = 65536) -> torch.Tensor:
+    """Predictions for all triples, in large batches without autograd, clamped to the rating
+    scale when `clamp` = (lo, hi) is given."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(data), dtype=torch.float32, device=data.ratings.device)
+    for s in range(0, len(data), batch_size):
+        out[s:s + batch_size] = model(data.users[s:s + batch_size], data.items[s:s + batch_size])
+    model.train(was_training)
+    return out.clamp_(*clamp) if clamp is not None else out
+
+
+def rating_metrics(model: RatingModel, data: RatingTensors, clamp=None,
+                   batch_size: int = 65536) -> tuple[float, float]:
+    """(RMSE, MAE) over the triples, accumulated in float64."""
+    if len(data) == 0:
+        return float("nan"), float("nan")
+    err = predict_ratings(model, data, clamp, batch_size).double() - data.ratings.double()
+    return float(err.square().mean().sqrt()), float(err.abs().mean())
+
+
+@dataclass
+class RatingFit:
+    best_epoch: int              # 1-based epoch of the restored parameters
+    best_val_rmse: float | None  # their validation RMSE (None without a validation set)
+    epochs_run: int
+    train_time_sec: float        # the whole fit: training steps and validation
+    sec_per_epoch: float         # training steps only, mean over the epochs run
+    history: list[dict] = field(default_factory=list)  # epoch, train_loss, val_rmse, sec
+
+
+def fit_ratings(model: RatingModel, optimizer: torch.optim.Optimizer, train: RatingTensors,
+                val: RatingTensors | None, *, epochs: int, batch_size: int, patience: int,
+                clamp: tuple[float, float] | None, gen: torch.Generator, name: str = "",
+                print_every: int = 1, eval_batch_size: int = 65536,
+                log: Callable[[str], None] = print) -> RatingFit:
+    """Minibatch Adam on the squared error of the training triples, with early stopping on
+    validation RMSE (clamped predictions) after `patience` epochs without improvement; the
+    parameters of the best epoch are restored. Without a validation set it runs all epochs
+    and keeps the last.
+
+    The triples stay on the device; each epoch shuffles an index permutation drawn from the
+    CPU generator `gen` (so the order depends on the seed alone, not on the device) and
+    slices it into batches: no per-sample collation. A non-finite epoch loss raises
+    TrainingDiverged naming `name` and the epoch.
+    """
+    device = train.ratings.device
+    n = len(train)
+    has_val = val is not None and len(val) > 0
+    best_state = None
+    best_rmse, best_epoch, bad = float("inf"), 0, 0
+    history: list[dict] = []
+    train_secs = 0.0
+    sync(device)
+    t_start = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        # the loss is summed on the device; one .item() per epoch (no per-batch GPU sync)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for s in range(0, n, batch_size):
+            idx = perm[s:s + batch_size]
+            pred = model(train.users[idx], train.items[idx])
+            loss = nn.functional.mse_loss(pred, train.ratings[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double() * idx.shape[0]
+        train_loss = float(loss_sum) / n
+        sync(device)
+        sec = time.perf_counter() - t0
+        train_secs += sec
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"{name}: training loss became {train_loss} at epoch {epoch}; "
+                                   f"stopped (lower the learning rate)")
+        val_rmse = rating_metrics(model, val, clamp, eval_batch_size)[0] if has_val else None
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_rmse": val_rmse, "sec": sec})
+        improved = has_val and val_rmse < best_rmse
+        if improved or not has_val:
+            best_rmse, best_epoch, bad = (val_rmse if has_val else best_rmse), epoch, 0
+            if has_val:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        if print_every and (epoch % print_every == 0 or epoch == epochs):
+            vtxt = f"val RMSE {val_rmse:.4f}{' *' if improved else '  '}" if has_val else "no val"
+            log(f"  {name} epoch {epoch:3d}  train loss {train_loss:.4f}  {vtxt}  {sec:.2f} s/epoch")
+        if has_val and bad >= patience:
+            if print_every:
+                log(f"  {name} early stop at epoch {epoch}: best val RMSE {best_rmse:.4f} at epoch {best_epoch}")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    sync(device)
+    return RatingFit(best_epoch=best_epoch, best_val_rmse=best_rmse if has_val else None,
+                     epochs_run=epoch, train_time_sec=time.perf_counter() - t_start,
+                     sec_per_epoch=train_secs / max(epoch, 1), history=history)
