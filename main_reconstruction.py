@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask_scale", type=float, default=-1.0, help="s in s^2 * sum_k ...; negative: 1/K")
     g = p.add_argument_group("system")
     core.add_device_args(p)
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per process (0: torch's default; under torchrun the cores "
+                        "are shared out between the ranks of a node)")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the rows of an earlier run of the same configuration in --out_dir "
+                        "and run only the missing settings")
     g.add_argument("--out_dir", default="out")
     g.add_argument("--no_plots", action="store_true")
     g.add_argument("--mpl_backend", default="Agg")
@@ -258,56 +263,167 @@ def make_plots(rows: list[dict], out_dir: Path, tag: str) -> list[Path]:
     return written
 
 
+def setting_key(s: Setting) -> tuple:
+    return (s.seed, s.R, s.K, s.method)
+
+
+def row_key(r: dict) -> tuple:
+    return (int(r["seed"]), int(r["R"]), int(r["K"]), r["method"])
+
+
+def setting_cost(s: Setting, args) -> float:
+    """Expected cost of a setting, to balance the ranks of a torchrun sweep: epochs times the
+    work of one step (MMF: its I x K*Rb x J matmuls; MF: I x R x J; SVD: one decomposition)."""
+    I, J = args.I, args.J
+    if s.method == "svd":
+        return float(I * J * min(I, J))
+    width = s.K * (s.R - s.K) if s.method == "mmf" else s.R
+    return float(args.epochs) * I * J * (width + 8)   # + 8: per-step overhead at tiny widths
+
+
+def read_rows(path: Path) -> list[dict]:
+    import pandas as pd
+    if not path.exists():
+        return []
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return [{k: _parse_cell(k, v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _parse_cell(k, v):
+    if k in ("seed", "I", "J", "R", "K", "budget", "params", "best_epoch"):
+        return int(v)
+    if k in ("K_ratio", "train_time_sec", "mse", "rel_fro"):
+        return float(v)
+    return v
+
+
+def load_completed(out_dir: Path, tag: str, fingerprint: str) -> dict:
+    """Rows finished by earlier runs of the same configuration (final CSV and .partial files)."""
+    meta = out_dir / f"results_{tag}.partial.json"
+    final = out_dir / f"results_{tag}.csv"
+    manifest = out_dir / f"results_{tag}.manifest.json"
+    import json
+    for m in (meta, manifest):
+        if m.exists():
+            fp = json.loads(m.read_text()).get("fingerprint")
+            if fp is not None and fp != fingerprint:
+                raise core.ConfigError(
+                    f"--resume: the results in {out_dir} were made with other settings "
+                    f"(fingerprint {fp} != {fingerprint}); use another --out_dir or drop --resume")
+    done = {}
+    for path in [final, *sorted(out_dir.glob(f"results_{tag}.partial*.csv"))]:
+        for r in read_rows(path):
+            done[row_key(r)] = r
+    return done
+
+
+RESULT_IGNORED_ARGS = ("device", "tf32", "deterministic", "threads", "out_dir", "no_plots",
+                       "mpl_backend", "log_every", "resume")
+
+
 def main() -> int:
     args = build_parser().parse_args()
     settings = plan_sweep(args)
-    device = core.resolve_device(args.device)
+    # Under torchrun every rank gets its own device (cuda:LOCAL_RANK or a share of the CPU).
+    ctx, device = core.init_distributed(args.device, args.threads)
     core.setup_torch(device, args.tf32, args.deterministic)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     import matplotlib
     matplotlib.use(args.mpl_backend)
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    rank_tag = f"[rank {ctx.rank}/{ctx.world_size}] " if ctx.enabled else ""
 
     seeds = list(dict.fromkeys(s.seed for s in settings))
     X = make_synthetic(args.data_mode, args.I, args.J, seeds[0], dist=args.dist,
                        num_blocks=args.num_blocks, block_scale=args.block_scale,
                        offblock_noise_scale=args.offblock_noise_scale, nonneg=args.data_nonneg)
     if any(s.method == "nmf" for s in settings) and float(X.min()) < 0:
-        print("nmf skipped: the data has negative entries (pass --data_nonneg to run it)")
+        say("nmf skipped: the data has negative entries (pass --data_nonneg to run it)")
         settings = [s for s in settings if s.method != "nmf"]
     X = X.to(device)
 
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"I{args.I}_J{args.J}_{args.data_mode}_mask{args.mask_mode_A}-{args.mask_mode_B}"
     csv_path = out_dir / f"results_{tag}.csv"
-    partial_path = out_dir / f"results_{tag}.partial.csv"
-    print(f"device {device}; {len(settings)} settings; writing {csv_path}")
+    fingerprint = core.config_fingerprint(args, RESULT_IGNORED_ARGS)
 
-    rows, t_start = [], time.perf_counter()
-    for i, s in enumerate(settings, 1):
-        row = run_setting(s, X, args, device)
+    # Which settings still need running: all of them, or with --resume those without a row.
+    done = {}
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if args.resume:
+            done = load_completed(out_dir, tag, fingerprint)
+        else:   # a fresh sweep: forget the progress files of an earlier one
+            for p in out_dir.glob(f"results_{tag}.partial*"):
+                p.unlink()
+        core.write_json_atomic(out_dir / f"results_{tag}.partial.json",
+                               {"fingerprint": fingerprint, "args": vars(args)})
+    done = core.broadcast_from_main(ctx, done)
+    todo = [s for s in settings if setting_key(s) not in done]
+    share = core.assign_balanced([setting_cost(s, args) for s in todo], ctx.world_size)[ctx.rank]
+    mine = [todo[i] for i in share]
+    say(f"device {device}; {len(settings)} settings, {len(done)} already done, {len(todo)} to run"
+        + (f" on {ctx.world_size} processes" if ctx.enabled else "") + f"; writing {csv_path}")
+
+    # Progress goes to a .partial file (one per rank) after every setting, so a crash keeps
+    # what finished without leaving a CSV under the final name that looks complete.
+    partial_path = out_dir / f"results_{tag}.partial.rank{ctx.rank}.csv"
+    rows, failures, t_start = [], [], time.perf_counter()
+    for i, s in enumerate(mine, 1):
+        try:
+            row = run_setting(s, X, args, device, log=lambda m: print(rank_tag + m, flush=True))
+        except Exception as e:   # one broken setting must not take the sweep down with it
+            failures.append({"setting": vars(s), "rank": ctx.rank, "error": f"{type(e).__name__}: {e}"})
+            print(f"{rank_tag}setting seed {s.seed} R {s.R} K {s.K} {s.method} FAILED: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            continue
         rows.append(row)
         elapsed = time.perf_counter() - t_start
-        eta = elapsed / i * (len(settings) - i)
-        print(f"[{i}/{len(settings)}] seed {s.seed} R {s.R} K {s.K} {s.method:8s} "
+        eta = elapsed / i * (len(mine) - i)
+        print(f"{rank_tag}[{i}/{len(mine)}] seed {s.seed} R {s.R} K {s.K} {s.method:8s} "
               f"rel_fro {row['rel_fro']:.4f}  ({row['train_time_sec']:.1f}s; "
               f"elapsed {elapsed:.0f}s, eta {eta:.0f}s){'  DIVERGED' if row['status'] != 'ok' else ''}",
               flush=True)
-        # Progress goes to a .partial file after every setting, so a crash keeps what finished
-        # without leaving a CSV under the final name that looks like a complete sweep.
         write_csv(partial_path, rows)
 
-    write_csv(csv_path, rows)
-    partial_path.unlink(missing_ok=True)
-    manifest = {"args": vars(args), "command": sys.argv, "environment": core.environment_info(device),
-                "csv": csv_path.name, "settings": len(settings),
-                "wall_time_sec": time.perf_counter() - t_start}
-    if not args.no_plots:
-        manifest["plots"] = [p.name for p in make_plots(rows, out_dir, tag)]
-    core.write_json_atomic(out_dir / f"results_{tag}.manifest.json", manifest)
-    print(f"done in {time.perf_counter() - t_start:.1f}s: {csv_path}")
-    return 0
+    gathered = core.gather_to_main(ctx, (rows, failures))
+    rc = 0
+    if ctx.is_main:
+        for r_rows, _ in gathered:
+            for r in r_rows:
+                done[row_key(r)] = r
+        failures = [f for _, fs in gathered for f in fs]
+        ordered = [done[setting_key(s)] for s in settings if setting_key(s) in done]
+        missing = [s for s in settings if setting_key(s) not in done]
+        manifest = {"args": vars(args), "command": sys.argv, "fingerprint": fingerprint,
+                    "environment": core.environment_info(device), "world_size": ctx.world_size,
+                    "csv": csv_path.name, "settings": len(settings),
+                    "wall_time_sec": time.perf_counter() - t_start}
+        if missing:
+            # Not a complete sweep: keep everything that finished under the .partial name
+            # and say what to run, instead of writing a final CSV that looks complete.
+            merged = out_dir / f"results_{tag}.partial.csv"
+            write_csv(merged, ordered)
+            manifest.update(missing=[vars(s) for s in missing], failures=failures)
+            core.write_json_atomic(out_dir / f"results_{tag}.partial.json",
+                                   {"fingerprint": fingerprint, "args": vars(args),
+                                    "missing": manifest["missing"], "failures": failures})
+            print(f"error: {len(missing)} of {len(settings)} settings did not complete: "
+                  + "; ".join(f"seed {s.seed} R {s.R} K {s.K} {s.method}" for s in missing[:10])
+                  + (" ..." if len(missing) > 10 else "")
+                  + f". Finished rows are in {merged}; rerun the same command with --resume "
+                  f"to run only the missing settings.", file=sys.stderr)
+            rc = 1
+        else:
+            write_csv(csv_path, ordered)
+            for p in out_dir.glob(f"results_{tag}.partial*"):
+                p.unlink()
+            if not args.no_plots:
+                manifest["plots"] = [p.name for p in make_plots(ordered, out_dir, tag)]
+            core.write_json_atomic(out_dir / f"results_{tag}.manifest.json", manifest)
+            say(f"done in {time.perf_counter() - t_start:.1f}s: {csv_path}")
+    rc = core.broadcast_from_main(ctx, rc)
+    core.shutdown_distributed(ctx)
+    return rc
 
 
 if __name__ == "__main__":

@@ -650,6 +650,116 @@ def environment_info(device: torch.device) -> dict:
     return info
 
 
+# ----------------------------------------------------------------------------------------
+# Sweeps over several processes, GPUs or machines (torchrun)
+# ----------------------------------------------------------------------------------------
+# A sweep's settings are independent, so there is no gradient traffic between processes:
+# each rank runs its share of the settings on its own device and rank 0 gathers the rows.
+# torch.distributed is initialised (NCCL on GPUs, gloo on CPUs) as torchrun users expect;
+# the row gathering goes through a gloo group, which carries Python objects on any backend.
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    object_group: object = None      # gloo process group for gather/broadcast of objects
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str, threads: int = 0) -> tuple[DistContext, torch.device]:
+    """Detect a torchrun launch (RANK / WORLD_SIZE / LOCAL_RANK in the environment), join the
+    process group and pick this rank's device: cuda:LOCAL_RANK on GPUs, else the CPU with
+    the cores shared out between the ranks of this node (unless `threads` says otherwise).
+    Without torchrun: a single-process context and resolve_device(device_spec)."""
+    env = os.environ
+    if "RANK" not in env or "WORLD_SIZE" not in env or int(env["WORLD_SIZE"]) <= 1:
+        device = resolve_device(device_spec)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        return DistContext(), device
+    import datetime
+    import torch.distributed as dist
+    ctx = DistContext(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+                      local_rank=int(env.get("LOCAL_RANK", 0)),
+                      local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
+    device = resolve_device(device_spec) if ctx.rank == 0 else _quiet_resolve(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu") if device.type != "mps" else device
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+    # A rank may wait at the final gather for hours while the others finish their settings.
+    timeout = datetime.timedelta(days=7)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    ctx.object_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
+    return ctx, device
+
+
+def _quiet_resolve(spec: str) -> torch.device:
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        return resolve_device(spec)
+
+
+def assign_balanced(costs: list[float], world_size: int) -> list[list[int]]:
+    """Deterministic split of settings over ranks, balanced by expected cost: largest first,
+    each to the least-loaded rank (ties to the lower rank). Returns indices per rank, sorted."""
+    loads = [0.0] * world_size
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(world_size), key=lambda r: (loads[r], r))
+        shares[r].append(i)
+        loads[r] += costs[i]
+    return [sorted(s) for s in shares]
+
+
+def gather_to_main(ctx: DistContext, obj):
+    """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere; [obj] without torchrun."""
+    if not ctx.enabled:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0, group=ctx.object_group)
+    return out
+
+
+def broadcast_from_main(ctx: DistContext, obj):
+    """Rank 0's obj on every rank."""
+    if not ctx.enabled:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=ctx.object_group)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+        dist.barrier(group=ctx.object_group)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+def config_fingerprint(args, ignore: tuple[str, ...]) -> str:
+    """A short hash of the arguments that change results (for --resume to refuse stale rows)."""
+    keep = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run an entrypoint's main(); a ConfigError / DataError becomes one line on stderr and
     exit code 2 instead of a traceback. Ctrl-C exits 130 quietly."""
@@ -784,6 +894,64 @@ class _PairPlan:
         return self._scatter(self.by_col if self.sparse else None, g, X, self.cols, self.rows, self.ny)
 
 
+class MaskedRows(torch.autograd.Function):
+    """MaskedFactor's values and gradients, F_cat[n,k,r] = s F[n,r] g(wp[k,r] - c[k] U[n,k]),
+    computed block by block over the rows and without saving the masks.
+
+    At R 256, K 42 one row of masks is 43 KB and a batch's distinct users and items need
+    about 100 MB of them; MaskedFactor's whole-tensor steps then run at memory speed, each
+    writing and reading that much. Here each block of rows (`block` rows, about 1 MB) goes
+    through all the steps while it sits in the CPU cache, and the backward recomputes the
+    masks from the shifts (a few flops per entry) instead of reading saved ones back.
+    On a GPU pass block >= n: one block, the recomputation is then the only difference.
+    """
+
+    @staticmethod
+    def forward(ctx, F, U, wp, c, s, mask, block):
+        g = MASKS[mask][0]
+        n, (K, Rb) = F.shape[0], wp.shape
+        out = F.new_empty(n, K, Rb)
+        negc = -c[:, None]
+        for a in range(0, n, block):
+            D = torch.addcmul(wp, U[a:a + block, :, None], negc)       # (b, K, Rb)
+            torch.mul(g(D), (s * F[a:a + block])[:, None, :], out=out[a:a + block])
+        ctx.save_for_backward(F, U, wp, c)
+        ctx.s, ctx.mask, ctx.block = s, mask, block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        F, U, wp, c = ctx.saved_tensors
+        s, mask, block = ctx.s, ctx.mask, ctx.block
+        g, dg = MASKS[mask]
+        need_F, need_U = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dF = torch.empty_like(F) if need_F else None
+        dU = torch.empty_like(U) if need_U else None
+        negc = -c[:, None]
+        for a in range(0, F.shape[0], block):
+            sl = slice(a, a + block)
+            D = torch.addcmul(wp, U[sl, :, None], negc)
+            G = g(D)
+            gr = grad_out[sl]
+            T = gr * G
+            if need_F:
+                torch.sum(T, 1, out=dF[sl]).mul_(s)
+            if need_U:
+                # d out[n,k,r] / d U[n,k] = -c_k s F[n,r] g'(D[n,k,r]), summed over r
+                if mask in _GAUSS_OFFSET:                  # g' = -D (g - offset): reuse T
+                    off = _GAUSS_OFFSET[mask]
+                    P = T if off == 0.0 else T.sub_(gr, alpha=off)
+                    torch.sum(P.mul_(D).mul_(F[sl, None, :]), -1, out=dU[sl]).mul_(c * s)
+                else:
+                    torch.sum(dg(D, G).mul_(gr).mul_(F[sl, None, :]), -1, out=dU[sl]).mul_(c * -s)
+        return dF, dU, None, None, None, None, None
+
+
+def mask_block_rows(K: int, Rb: int, device: torch.device) -> int:
+    """Rows per MaskedRows block: about 2^17 mask entries (512 KB) on the CPU, all rows elsewhere."""
+    return max(1, (1 << 17) // (K * Rb)) if device.type == "cpu" else 1 << 62
+
+
 def _gather_rows(W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """W[idx] whose backward is an embedding backward (a sorted segment sum), several times
     faster on the CPU than the accumulate-scatter autograd uses for W[idx]."""
@@ -812,8 +980,9 @@ def pair_scores(core: nn.Module, users: torch.Tensor, items: torch.Tensor) -> to
     # shifts are a Parameter (learned) or a buffer (fixed): only the former gets gradients
     UA = _gather_rows(core.UA, ur) if core.UA.requires_grad else core.UA[ur]
     UB = _gather_rows(core.UB, uc) if core.UB.requires_grad else core.UB[uc]
-    A_cat = MaskedFactor.apply(_gather_rows(core.A, ur), UA, wp, c, core.scale, core.mask_names[0])
-    B_cat = MaskedFactor.apply(_gather_rows(core.B, uc), UB, wp, c, core.scale, core.mask_names[1])
+    block = mask_block_rows(core.K, core.Rb, users.device)
+    A_cat = MaskedRows.apply(_gather_rows(core.A, ur), UA, wp, c, core.scale, core.mask_names[0], block)
+    B_cat = MaskedRows.apply(_gather_rows(core.B, uc), UB, wp, c, core.scale, core.mask_names[1], block)
     KR = core.K * core.Rb
     return PairDot.apply(A_cat.reshape(-1, KR), B_cat.reshape(-1, KR), inv_r, inv_c)
 
