@@ -9,8 +9,25 @@ Fetch a dataset ahead of time (on a machine with network) and print its statisti
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
 import numpy as np
+import pandas as pd
+import requests
+import scipy.sparse
 import torch
+from tqdm import tqdm
 
 
 class DataError(ValueError):
@@ -105,25 +122,7 @@ def make_synthetic(data_mode: str, I: int, J: int, seed: int, *, dist: str = "no
 #   load_dataset(name, data_dir)          parse it, re-index ids densely -> RatingData
 #   load_split(name, data_dir, split)     split it -> Split(train, val, test) of Triples
 #
-# Run as a script to fetch a dataset ahead of time and print its statistics. The imports
-# of this half sit here so that the two halves of the file can be edited independently.
-import argparse
-import hashlib
-import io
-import os
-import shutil
-import sys
-import tempfile
-import time
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path
-
-import h5py
-import pandas as pd
-import requests
-import scipy.sparse
-from tqdm import tqdm
+# Run as a script to fetch a dataset ahead of time and print its statistics.
 
 # Where the files come from. The environment variables (read at call time) override these,
 # to use a mirror, or in the tests a local server.

@@ -700,8 +700,10 @@ def init_distributed(device_spec: str, threads: int = 0) -> tuple[DistContext, t
     torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // ctx.local_world_size))
     # A rank may wait at the final gather for hours while the others finish their settings.
     timeout = datetime.timedelta(days=7)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-    ctx.object_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else None
+    # NCCL does not exist on Windows; gloo serves there (the ranks exchange only result rows).
+    backend = "nccl" if device.type == "cuda" and sys.platform != "win32" else "gloo"
+    dist.init_process_group(backend, timeout=timeout)
+    ctx.object_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     return ctx, device
 
 
