@@ -1024,10 +1024,14 @@ class RatingModel(nn.Module):
         groups = [{"params": [p for p in self.parameters() if id(p) not in ids], "lr": lr}]
         if shifts:
             groups.append({"params": shifts, "lr": lr if lr_shifts is None else lr_shifts})
-        try:   # fused: one kernel per group, see make_adam
-            return torch.optim.Adam(groups, weight_decay=weight_decay, fused=True)
-        except (RuntimeError, TypeError):
-            return torch.optim.Adam(groups, weight_decay=weight_decay, foreach=True)
+        return _rating_adam(groups, weight_decay)
+
+
+def _rating_adam(groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
+    try:   # fused: one kernel per group, see make_adam
+        return torch.optim.Adam(groups, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(groups, weight_decay=weight_decay, foreach=True)
 
 
 COMPLETION_SHIFT_MODES = ("zero", "random", "learned")
@@ -1067,6 +1071,36 @@ def make_rating_model(kind: str, n_users: int, n_items: int, R: int, K: int, mu:
 
 
 # ----- training and evaluation on rating triples -----------------------------------------
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back to the OS.
+
+    By default glibc serves every allocation over 32 MB with a fresh mmap and unmaps it on
+    free, so each such tensor costs a page fault per 4 KB on first touch. The MMF training
+    step allocates and frees several 40-100 MB tensors per batch (the masked factors of a
+    batch and their gradients), and those page faults cost more than the arithmetic (a
+    66 MB multiply: 65 ms fresh, 8 ms reused). With mmap off and a high trim threshold the
+    same heap blocks are reused. Linux/glibc only; returns False (and does nothing) elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_MAX, 0))
+    except (OSError, AttributeError):
+        return False
+
+
+def warm_up_optimizer(device: torch.device) -> None:
+    """Pay torch's one-time costs before anything is timed: the first optimizer step of a
+    process imports torch._dynamo (seconds), which would otherwise be billed to whichever
+    model trains first."""
+    p = nn.Parameter(torch.zeros(1, device=device))
+    p.grad = torch.zeros_like(p)
+    _rating_adam([{"params": [p], "lr": 0.0}], 0.0).step()
+
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the message names the model and epoch."""
