@@ -47,11 +47,17 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed epochs per model (after one warm-up)")
     p.add_argument("--modes", default="zero,random,learned", help="MMF shift modes to time")
     p.add_argument("--mask", default="gaussian_pos")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0: torch's default; on a busy shared machine 1 is often faster)")
     mc.add_device_args(p)
     args = p.parse_args()
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = mc.resolve_device(args.device)
     mc.setup_torch(device, args.tf32, args.deterministic)
+    if device.type == "cpu":
+        mc.tune_cpu_allocator()     # as main_completion.py does
     if args.dataset == "synthetic":
         users, items, ratings = synthetic_triples(args.users, args.items, args.ratings, 0)
         n_users, n_items, what = args.users, args.items, f"synthetic {args.users} x {args.items}"
