@@ -611,6 +611,10 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file private (0600); give the result the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -801,11 +805,15 @@ def run_cli(main: Callable[[], int | None]) -> None:
 # items. MMF.forward_entries evaluates the masks once per distinct id but then gathers them
 # per rating, materialising two (batch, K, R) tensors (2 x 176 MB at R 256, K 42, batch
 # 4096). `pair_scores` instead forms the masked factors A_cat = A (.) MA of the distinct ids
-# only (MaskedFactor: hand-written backward) and takes one dot product of length K*R per
-# rating (PairDot). On the CPU that dot product is a sampled dense-dense matmul and its
-# gradients two sparse-dense matmuls over the batch's user x item pattern (CSR kernels);
-# elsewhere it is a chunked gather. Without shifts the masks collapse to one weight per
-# latent dimension, w_r = sum_k MA[k,r] MB[k,r], and MMF costs what MF costs.
+# only (MaskedRows: MaskedFactor computed in cache-sized row blocks) and takes one dot
+# product of length K*R per rating (PairDot). On the CPU that dot product is a sampled
+# dense-dense matmul and its gradients two sparse-dense matmuls over the batch's user x item
+# pattern (CSR kernels); elsewhere it is a chunked gather. Fixed ("random") shifts never
+# change, so their masks are computed once for all rows and reused. Without shifts the
+# masks collapse to one weight per latent dimension, w_r = sum_k MA[k,r] MB[k,r], and MMF
+# costs what MF costs. With shifts the arithmetic per rating is K times MF's, three times
+# over (forward, two gradients), plus the masks of the batch's ids: on a CPU learned shifts
+# stay ~25x slower than MF per epoch (README, "speed").
 
 
 # CSR tensors are a "beta" feature; PairDot only uses the stable kernels below.
