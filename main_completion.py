@@ -268,13 +268,14 @@ def plot_curves(path: Path, record: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
+    metric = "val_rmse" if record["n_val"] else "train_loss"   # --val_ratio 0: no validation
     for key in ("baseline", "mmf"):
         if key in record:
             h = record[key]["history"]
-            line, = ax.plot([e["epoch"] for e in h], [e["val_rmse"] for e in h], label=record[key]["model"])
+            line, = ax.plot([e["epoch"] for e in h], [e[metric] for e in h], label=record[key]["model"])
             ax.axvline(record[key]["best_epoch"], color=line.get_color(), ls=":", lw=1)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation RMSE (clamped)")
+    ax.set_ylabel("validation RMSE (clamped)" if record["n_val"] else "training loss (MSE)")
     ax.set_title(f"{record['dataset']} ({record['split']}), seed {record['seed']}")
     ax.legend()
     ax.grid(alpha=0.3)
