@@ -21,13 +21,17 @@ Files in --save_dir, for <dataset>_R{R}_K{K}: _seed{seed}.json per seed, _agg.js
 sample std over seeds; paired MMF-vs-MF test when there are 2+ seeds), _summary.csv (one row
 per seed and model), _manifest.json (arguments, environment), and with --plot_curves
 _seed{seed}_curves.png. A missing dataset, a bad flag or a split the dataset lacks is one
-line on stderr and exit code 2; a diverging model (NaN loss) stops the run with exit code 1.
+line on stderr and exit code 2. A model whose loss turns NaN stops with a message naming it and
+the epoch; the other models still run, then the run exits 1 without an aggregate, and
+`--resume` trains only what is missing. Under torchrun the (seed, model) settings are shared
+out between the ranks and rank 0 writes the same files (README, "Running on several GPUs").
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 import time
@@ -106,7 +110,12 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("output and machine")
     g.add_argument("--save_dir", default="./results_mmf")
     g.add_argument("--plot_curves", action="store_true", help="save validation-RMSE curves (PNG)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per process (0: torch's default; under torchrun the cores "
+                        "are shared out between the ranks of a node)")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the models an earlier run of the same configuration finished in "
+                        "--save_dir and train only the missing ones")
     mc.add_device_args(p)
     return p.parse_args(argv)
 
@@ -158,10 +167,11 @@ def check_args(args) -> None:
 # One seed: split, train MF and MMF, evaluate
 # ----------------------------------------------------------------------------------------
 
-def run_seed(args, seed: int, device: torch.device) -> dict:
+def prepare_seed(args, seed: int, device: torch.device):
+    """Split the data for one seed: (the seed's record without models, the tensors)."""
     split = data_utils.load_split(args.dataset, args.data_dir, args.split, seed=seed,
                                   val_ratio=args.val_ratio, test_ratio=args.test_ratio,
-                                  download=args.download)
+                                  download=False)
     clamp = (split.rating_min if args.rating_min is None else args.rating_min,
              split.rating_max if args.rating_max is None else args.rating_max)
     train, val, test = (mc.RatingTensors.from_arrays(t.users, t.items, t.ratings, device)
@@ -178,34 +188,61 @@ def run_seed(args, seed: int, device: torch.device) -> dict:
         "clamp": list(clamp), "mu": mu, "device": str(device),
         "config": {k: v for k, v in vars(args).items() if k not in ("model_list", "seed_list", "mu_value")},
     }
-    for kind in args.model_list:
-        name = "MF" if kind == "mf" else f"MMF[{args.shift_mode}]"
-        # One generator per (seed, R) for both models: MF and MMF start from the same random
-        # draws (times their init std) and see the batches in the same order.
-        gen = mc.setting_generator("completion", args.dataset, split.split, seed, args.R)
-        model = mc.make_rating_model(
-            kind, split.n_users, split.n_items, args.R, args.K, mu, bias=args.use_bias,
-            shift_mode=args.shift_mode, shift_init=args.shift_init, shift_std=args.shift_std,
-            mask_A=args.mask_mode_A, mask_B=args.mask_mode_B,
-            mask_scale=None if args.mask_scale < 0 else args.mask_scale,
-            init_std=args.init_std_baseline if kind == "mf" else args.init_std, gen=gen).to(device)
-        lr = args.lr_baseline if kind == "mf" else args.lr_factors
-        optimizer = model.make_optimizer(lr, args.lr_shifts, args.weight_decay)
-        fit = mc.fit_ratings(model, optimizer, train, val, epochs=args.epochs,
-                             batch_size=args.batch_size, patience=args.patience, clamp=clamp,
-                             gen=torch.Generator().manual_seed(seed), name=f"{name} seed {seed}",
-                             print_every=args.print_every, eval_batch_size=args.eval_batch_size)
-        test_rmse, test_mae = mc.rating_metrics(model, test, clamp, args.eval_batch_size)
-        record[MODEL_KEYS[kind]] = {
-            "model": name, "params": mc.count_params(model),
-            "best_epoch": fit.best_epoch, "best_val_rmse": fit.best_val_rmse,
-            "test_rmse": test_rmse, "test_mae": test_mae, "train_time_sec": fit.train_time_sec,
-            "epochs_run": fit.epochs_run, "sec_per_epoch": fit.sec_per_epoch,
-            "history": fit.history,
-        }
-        print(f"[seed {seed}] {name}: test RMSE {test_rmse:.4f}  MAE {test_mae:.4f}  "
-              f"(best epoch {fit.best_epoch}/{fit.epochs_run}, {fit.train_time_sec:.1f} s)")
-    return record
+    return record, (split, train, val, test, clamp, mu)
+
+
+def train_model(args, seed: int, kind: str, prepared, device: torch.device) -> dict:
+    """Train one model (mf or mmf) on a prepared seed and evaluate it on the test split."""
+    split, train, val, test, clamp, mu = prepared
+    name = "MF" if kind == "mf" else f"MMF[{args.shift_mode}]"
+    mc.seed_everything(seed)
+    # One generator per (seed, R) for both models: MF and MMF start from the same random
+    # draws (times their init std) and see the batches in the same order.
+    gen = mc.setting_generator("completion", args.dataset, split.split, seed, args.R)
+    model = mc.make_rating_model(
+        kind, split.n_users, split.n_items, args.R, args.K, mu, bias=args.use_bias,
+        shift_mode=args.shift_mode, shift_init=args.shift_init, shift_std=args.shift_std,
+        mask_A=args.mask_mode_A, mask_B=args.mask_mode_B,
+        mask_scale=None if args.mask_scale < 0 else args.mask_scale,
+        init_std=args.init_std_baseline if kind == "mf" else args.init_std, gen=gen).to(device)
+    lr = args.lr_baseline if kind == "mf" else args.lr_factors
+    optimizer = model.make_optimizer(lr, args.lr_shifts, args.weight_decay)
+    fit = mc.fit_ratings(model, optimizer, train, val, epochs=args.epochs,
+                         batch_size=args.batch_size, patience=args.patience, clamp=clamp,
+                         gen=torch.Generator().manual_seed(seed), name=f"{name} seed {seed}",
+                         print_every=args.print_every, eval_batch_size=args.eval_batch_size)
+    test_rmse, test_mae = mc.rating_metrics(model, test, clamp, args.eval_batch_size)
+    print(f"[seed {seed}] {name}: test RMSE {test_rmse:.4f}  MAE {test_mae:.4f}  "
+          f"(best epoch {fit.best_epoch}/{fit.epochs_run}, {fit.train_time_sec:.1f} s)")
+    return {
+        "model": name, "params": mc.count_params(model),
+        "best_epoch": fit.best_epoch, "best_val_rmse": fit.best_val_rmse,
+        "test_rmse": test_rmse, "test_mae": test_mae, "train_time_sec": fit.train_time_sec,
+        "epochs_run": fit.epochs_run, "sec_per_epoch": fit.sec_per_epoch,
+        "history": fit.history,
+    }
+
+
+# Relative cost of one model, to balance the ranks of a torchrun sweep (scripts/bench_completion.py:
+# zero-shift MMF costs about what MF costs, random and learned shifts 14x and 19x).
+MODEL_COST = {"mf": 1.0, "zero": 1.3, "random": 14.0, "learned": 19.0}
+
+
+def run_settings(args, settings, device, rank_tag=""):
+    """Run (seed, kind) settings in order; returns ({(seed, kind): (seed record, model record)},
+    failures). A failing setting is reported and skipped; the others still run."""
+    results, failures, prepared = {}, [], {}
+    for seed, kind in settings:
+        try:
+            if seed not in prepared:
+                prepared = {seed: prepare_seed(args, seed, device)}   # keep one seed's tensors
+            record, tensors = prepared[seed]
+            results[(seed, kind)] = (record, train_model(args, seed, kind, tensors, device))
+        except (mc.TrainingDiverged, RuntimeError, ValueError) as e:
+            msg = str(e) if isinstance(e, mc.TrainingDiverged) else f"{type(e).__name__}: {e}"
+            failures.append({"seed": seed, "model": kind, "error": msg})
+            print(f"error: {rank_tag}{msg}", file=sys.stderr, flush=True)
+    return results, failures
 
 
 # ----------------------------------------------------------------------------------------
@@ -284,43 +321,117 @@ def plot_curves(path: Path, record: dict) -> None:
     plt.close(fig)
 
 
+RESULT_IGNORED_ARGS = ("device", "tf32", "deterministic", "threads", "save_dir", "plot_curves",
+                       "print_every", "resume", "download", "data_dir", "num_workers", "eval_batch_size",
+                       "model_list", "seed_list", "mu_value")
+
+
+def load_completed(save_dir: Path, stem: str, args, fingerprint: str) -> dict:
+    """--resume: models finished by an earlier run of the same configuration, from the per-seed
+    JSON files and the .partial.json files of seeds that were not complete."""
+    done = {}
+    for seed in args.seed_list:
+        for path in (save_dir / f"{stem}_seed{seed}.json", save_dir / f"{stem}_seed{seed}.partial.json"):
+            if not path.exists():
+                continue
+            rec = json.loads(path.read_text())
+            if rec.get("fingerprint") != fingerprint:
+                raise mc.ConfigError(f"--resume: {path} was made with other settings; use another "
+                                     f"--save_dir or drop --resume")
+            for kind in args.model_list:
+                if MODEL_KEYS[kind] in rec:
+                    base = {k: v for k, v in rec.items() if k not in MODEL_KEYS.values()}
+                    done[(seed, kind)] = (base, rec[MODEL_KEYS[kind]])
+    return done
+
+
 def main(argv=None) -> int:
     args = get_args(argv)
     check_args(args)
-    # the data first (fetched with --download): a missing dataset fails before any file is written
-    data_utils.ensure_dataset(args.dataset, args.data_dir, args.download)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = mc.resolve_device(args.device)
+    # Under torchrun every rank gets its own device (cuda:LOCAL_RANK or a share of the CPU).
+    ctx, device = mc.init_distributed(args.device, args.threads)
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    rank_tag = f"[rank {ctx.rank}] " if ctx.enabled else ""
+    # The data first (fetched with --download by one process per node): a missing dataset
+    # fails before any file is written.
+    if ctx.local_rank == 0:
+        data_utils.ensure_dataset(args.dataset, args.data_dir, args.download)
+    mc.barrier(ctx)
+    data_utils.ensure_dataset(args.dataset, args.data_dir, False)
     mc.setup_torch(device, args.tf32, args.deterministic)
     if device.type == "cpu":
         mc.tune_cpu_allocator()
     mc.warm_up_optimizer(device)   # so MF's time does not include torch's first-step imports
     save_dir = Path(args.save_dir)
     stem = f"{args.dataset}_R{args.R}_K{args.K}"
+    fingerprint = mc.config_fingerprint(args, RESULT_IGNORED_ARGS)
     manifest = {"command": sys.argv, "args": {k: v for k, v in vars(args).items() if k != "mu_value"},
+                "fingerprint": fingerprint, "world_size": ctx.world_size,
                 "environment": mc.environment_info(device), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "status": "running", "files": []}
-    mc.write_json_atomic(save_dir / f"{stem}_manifest.json", manifest)
+    settings = [(seed, kind) for seed in args.seed_list for kind in args.model_list]
+    done = {}
+    if ctx.is_main:
+        if args.resume:
+            done = load_completed(save_dir, stem, args, fingerprint)
+        mc.write_json_atomic(save_dir / f"{stem}_manifest.json", manifest)
+    done = mc.broadcast_from_main(ctx, done)
+    todo = [s for s in settings if s not in done]
+    costs = [MODEL_COST["mf" if kind == "mf" else args.shift_mode] for _, kind in todo]
+    mine = [todo[i] for i in mc.assign_balanced(costs, ctx.world_size)[ctx.rank]]
+    if done:
+        say(f"--resume: {len(done)} of {len(settings)} models already done, running {len(todo)}")
 
-    records = []
+    results, failures = run_settings(args, mine, device, rank_tag)
+    gathered = mc.gather_to_main(ctx, (results, failures))
+    rc = 0
+    if ctx.is_main:
+        for res, _ in gathered:
+            done.update(res)
+        failures = [f for _, fs in gathered for f in fs]
+        rc = write_results(args, save_dir, stem, fingerprint, done, failures, manifest)
+    rc = mc.broadcast_from_main(ctx, rc)
+    mc.shutdown_distributed(ctx)
+    return rc
+
+
+def write_results(args, save_dir: Path, stem: str, fingerprint: str, done: dict, failures: list,
+                  manifest: dict) -> int:
+    """Per-seed JSON (and curves) for every complete seed; the aggregate, the CSV and a finished
+    manifest when every setting completed, else .partial.json files and a list of what is missing."""
+    records, missing = [], []
     for seed in args.seed_list:
-        mc.seed_everything(seed)
-        try:
-            record = run_seed(args, seed, device)
-        except mc.TrainingDiverged as e:
-            print(f"error: {e}", file=sys.stderr)
-            manifest.update(status="diverged", error=str(e))
-            mc.write_json_atomic(save_dir / f"{stem}_manifest.json", manifest)
-            return 1
+        have = [kind for kind in args.model_list if (seed, kind) in done]
+        if not have:
+            missing += [(seed, kind) for kind in args.model_list]
+            continue
+        record = dict(done[(seed, have[0])][0], fingerprint=fingerprint)
+        for kind in have:
+            record[MODEL_KEYS[kind]] = done[(seed, kind)][1]
+        if len(have) < len(args.model_list):
+            missing += [(seed, kind) for kind in args.model_list if kind not in have]
+            mc.write_json_atomic(save_dir / f"{stem}_seed{seed}.partial.json", record)
+            continue
         records.append(record)
         path = save_dir / f"{stem}_seed{seed}.json"
         mc.write_json_atomic(path, record)
+        (save_dir / f"{stem}_seed{seed}.partial.json").unlink(missing_ok=True)
         manifest["files"].append(path.name)
         if args.plot_curves:
             path = save_dir / f"{stem}_seed{seed}_curves.png"
             plot_curves(path, record)
             manifest["files"].append(path.name)
+
+    if missing:
+        # No aggregate over an incomplete set of seeds: it would look like the full result.
+        manifest.update(status="incomplete", missing=[{"seed": s, "model": k} for s, k in missing],
+                        failures=failures)
+        mc.write_json_atomic(save_dir / f"{stem}_manifest.json", manifest)
+        print(f"error: {len(missing)} of {len(args.seed_list) * len(args.model_list)} models did not "
+              f"complete ({', '.join(f'{k} seed {s}' for s, k in missing[:8])}"
+              f"{' ...' if len(missing) > 8 else ''}); rerun the same command with --resume to run "
+              f"only those", file=sys.stderr)
+        return 1
 
     agg = aggregate(records, args)
     mc.write_json_atomic(save_dir / f"{stem}_agg.json", agg)

@@ -755,8 +755,11 @@ def barrier(ctx: DistContext) -> None:
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group together: without the final barrier a rank that finishes first
+    can tear down its gloo connections while another still reads from them (SIGABRT)."""
     if ctx.enabled:
         import torch.distributed as dist
+        dist.barrier(group=ctx.object_group)
         dist.destroy_process_group()
 
 

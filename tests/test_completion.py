@@ -16,23 +16,13 @@ import torch
 
 import main_completion
 import mmf_core as mc
+from helpers import lowrank_ratings, run_entrypoint, write_fake_ml100k
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # ----- tiny synthetic data ---------------------------------------------------------------
-
-def lowrank_ratings(n_users=60, n_items=80, rank=3, density=0.5, seed=0):
-    """Ratings 1..5 from a rank-3 matrix around 3, about half of the entries observed;
-    (users, items, ratings) shuffled."""
-    rng = np.random.default_rng(seed)
-    X = 3 + 1.2 * rng.normal(size=(n_users, rank)) @ rng.normal(size=(n_items, rank)).T / np.sqrt(rank)
-    users, items = np.nonzero(rng.random((n_users, n_items)) < density)
-    ratings = np.clip(np.rint(X), 1, 5)[users, items].astype(np.float32)
-    p = rng.permutation(len(ratings))
-    return users[p], items[p], ratings[p]
-
 
 def tensor_splits(n_users=60, n_items=80):
     u, i, r = lowrank_ratings(n_users, n_items)
@@ -43,18 +33,7 @@ def tensor_splits(n_users=60, n_items=80):
 
 @pytest.fixture(scope="module")
 def ml100k_dir(tmp_path_factory):
-    """A fake ml-100k folder (u.data plus a u1.base / u1.test pair) holding synthetic
-    low-rank ratings, so main_completion runs end to end without the real data."""
-    root = tmp_path_factory.mktemp("data_rec")
-    d = root / "ml-100k"
-    d.mkdir()
-    u, i, r = lowrank_ratings(50, 70, density=0.6, seed=1)
-    lines = [f"{a + 1}\t{b + 1}\t{int(c)}\t{880000000 + k}" for k, (a, b, c) in enumerate(zip(u, i, r))]
-    (d / "u.data").write_text("\n".join(lines) + "\n")
-    cut = int(0.8 * len(lines))
-    (d / "u1.base").write_text("\n".join(lines[:cut]) + "\n")
-    (d / "u1.test").write_text("\n".join(lines[cut:]) + "\n")
-    return root
+    return write_fake_ml100k(tmp_path_factory.mktemp("data_rec"))
 
 
 @contextlib.contextmanager
@@ -65,18 +44,7 @@ def quiet():
 
 def run_main(args):
     """main_completion through run_cli, in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = ["main_completion.py", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            mc.run_cli(main_completion.main)
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    return code, out.getvalue(), err.getvalue()
+    return run_entrypoint(main_completion.main, args, "main_completion.py")
 
 
 TINY = ["--dataset", "ml-100k", "--R", "8", "--K", "4", "--epochs", "4", "--batch_size", "256",

@@ -1,6 +1,5 @@
 """Sweeps under torchrun give the same files as a single process; --resume completes a sweep."""
-import contextlib
-import io
+import json
 import os
 import shutil
 import subprocess
@@ -10,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import main_completion
 import main_reconstruction
 import mmf_core as core
+from helpers import run_entrypoint, write_fake_ml100k
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -22,18 +23,7 @@ CSV = "results_I24_J20_blockdiag_maskgaussian-gaussian.csv"
 
 
 def run_inprocess(script_main, argv):
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = ["prog", *argv]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            core.run_cli(script_main)
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old
-    return code, out.getvalue(), err.getvalue()
+    return run_entrypoint(script_main, argv)
 
 
 def torchrun(script, argv, nproc=2):
@@ -112,3 +102,75 @@ def test_resume_refuses_rows_of_another_configuration(tmp_path):
     assert run_inprocess(main_reconstruction.main, base)[0] == 0
     code, _, err = run_inprocess(main_reconstruction.main, [*base, "--epochs", "41", "--resume"])
     assert code == 2 and "other settings" in err
+
+
+COMPLETION = ["--dataset", "ml-100k", "--R", "8", "--K", "4", "--epochs", "4", "--batch_size", "256",
+              "--print_every", "0", "--device", "cpu", "--threads", "1", "--seeds", "1,2",
+              "--shift_mode", "learned"]
+STEM = "ml-100k_R8_K4"
+
+
+def completion_numbers(save_dir):
+    """Everything but timings and the run's own bookkeeping, from each seed's JSON and the CSV."""
+    out = {}
+    for seed in (1, 2):
+        rec = json.loads((save_dir / f"{STEM}_seed{seed}.json").read_text())
+        for key in ("baseline", "mmf"):
+            m = rec[key]
+            out[(seed, key)] = (m["test_rmse"], m["test_mae"], m["best_epoch"], m["best_val_rmse"],
+                                [(h["epoch"], h["train_loss"], h["val_rmse"]) for h in m["history"]])
+    csv = pd.read_csv(save_dir / f"{STEM}_summary.csv").drop(columns=["train_time_sec", "sec_per_epoch"])
+    return out, csv
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+def test_torchrun_completion_equals_single_process(tmp_path):
+    data = write_fake_ml100k(tmp_path / "data")
+    code, _, err = run_inprocess(main_completion.main,
+                                 [*COMPLETION, "--data_dir", str(data), "--save_dir", str(tmp_path / "one")])
+    assert code == 0, err
+    torchrun("main_completion.py", [*COMPLETION, "--data_dir", str(data), "--save_dir", str(tmp_path / "two")])
+    one, one_csv = completion_numbers(tmp_path / "one")
+    two, two_csv = completion_numbers(tmp_path / "two")
+    assert one == two
+    pd.testing.assert_frame_equal(one_csv, two_csv)
+    names = {p.name for p in (tmp_path / "two").iterdir()}
+    assert {f"{STEM}_agg.json", f"{STEM}_summary.csv", f"{STEM}_seed1.json", f"{STEM}_seed2.json"} <= names
+    assert json.loads((tmp_path / "two" / f"{STEM}_manifest.json").read_text())["world_size"] == 2
+
+
+def test_completion_missing_model_is_reported_and_resume_completes_it(tmp_path, monkeypatch):
+    data = write_fake_ml100k(tmp_path / "data")
+    args = [*COMPLETION, "--data_dir", str(data), "--save_dir", str(tmp_path / "out")]
+    real = main_completion.train_model
+    calls = []
+
+    def flaky(a, seed, kind, *rest):
+        calls.append((seed, kind))
+        if (seed, kind) == (2, "mmf"):
+            raise RuntimeError("simulated crash")
+        return real(a, seed, kind, *rest)
+
+    monkeypatch.setattr(main_completion, "train_model", flaky)
+    code, _, err = run_inprocess(main_completion.main, args)
+    assert code == 1 and "simulated crash" in err and "mmf seed 2" in err and "--resume" in err
+    out = tmp_path / "out"
+    assert (out / f"{STEM}_seed1.json").exists() and (out / f"{STEM}_seed2.partial.json").exists()
+    assert not (out / f"{STEM}_agg.json").exists() and not (out / f"{STEM}_seed2.json").exists()
+    manifest = json.loads((out / f"{STEM}_manifest.json").read_text())
+    assert manifest["status"] == "incomplete" and manifest["missing"] == [{"seed": 2, "model": "mmf"}]
+
+    calls.clear()
+    monkeypatch.setattr(main_completion, "train_model",
+                        lambda a, seed, kind, *rest: (calls.append((seed, kind)), real(a, seed, kind, *rest))[1])
+    code, _, err = run_inprocess(main_completion.main, [*args, "--resume"])
+    assert code == 0, err
+    assert calls == [(2, "mmf")]                                     # only the missing model ran
+    assert (out / f"{STEM}_agg.json").exists() and not (out / f"{STEM}_seed2.partial.json").exists()
+    code, _, err = run_inprocess(main_completion.main,
+                                 [*COMPLETION, "--data_dir", str(data), "--save_dir", str(tmp_path / "clean")])
+    assert code == 0, err
+    resumed, resumed_csv = completion_numbers(out)
+    clean, clean_csv = completion_numbers(tmp_path / "clean")
+    assert resumed == clean                                          # same as an uninterrupted run
+    pd.testing.assert_frame_equal(resumed_csv, clean_csv)

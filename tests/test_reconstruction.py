@@ -13,6 +13,7 @@ import pytest
 
 import main_reconstruction
 import mmf_core as core
+from helpers import run_entrypoint
 from dataclasses import dataclass
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,19 +29,8 @@ class Result:
 
 
 def run(args, check=True):
-    """Run the entrypoint in this process (much faster than a subprocess per test) exactly as
-    `python main_reconstruction.py ARGS` does: through core.run_cli, catching its exit."""
-    out, err = io.StringIO(), io.StringIO()
-    old_argv = sys.argv
-    sys.argv = ["main_reconstruction.py", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            core.run_cli(main_reconstruction.main)
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = old_argv
-    p = Result(code, out.getvalue(), err.getvalue())
+    """`python main_reconstruction.py ARGS`, run in this process."""
+    p = Result(*run_entrypoint(main_reconstruction.main, args, "main_reconstruction.py"))
     if check:
         assert p.returncode == 0, p.stderr
     return p
