@@ -235,6 +235,27 @@ class MaskedFactor(torch.autograd.Function):
         return dF, dU, None, None, None, None
 
 
+class OuterProduct(torch.autograd.Function):
+    """P @ Q^T with gradients G @ Q and G^T @ P, each one contiguous matmul.
+
+    Autograd's own backward of P @ Q.T forms the second gradient as P^T @ G and returns its
+    transpose, a strided view; every elementwise pass over it downstream (the MMF masks'
+    backward) is then slower. Here both gradient products come out row-major.
+    """
+
+    @staticmethod
+    def forward(ctx, P, Q):
+        ctx.save_for_backward(P, Q)
+        return P @ Q.T
+
+    @staticmethod
+    def backward(ctx, G):
+        P, Q = ctx.saved_tensors
+        dP = G @ Q if ctx.needs_input_grad[0] else None
+        dQ = G.T @ P if ctx.needs_input_grad[1] else None
+        return dP, dQ
+
+
 class MMF(nn.Module):
     """Masked Mixture Factorization.
 
@@ -314,7 +335,7 @@ class MMF(nn.Module):
     def forward(self) -> torch.Tensor:
         """The full I x J reconstruction: one matmul of the concatenated masked factors."""
         A_cat, B_cat = self.factors_cat()
-        return A_cat @ B_cat.T
+        return OuterProduct.apply(A_cat, B_cat)
 
     def forward_entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """X_hat[rows[n], cols[n]] for a batch of (row, col) pairs, without forming X_hat.
