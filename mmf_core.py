@@ -526,21 +526,23 @@ def make_adam(model: nn.Module, lr_factors: float, lr_shifts: float | None = Non
 
 def fit_full(model: nn.Module, X: torch.Tensor, optimizer: torch.optim.Optimizer, epochs: int,
              penalty: Callable[[], torch.Tensor] | None = None, log_every: int = 0,
-             name: str = "", log: Callable[[str], None] = print) -> FitResult:
+             name: str = "", log: Callable[[str], None] = print,
+             device_bookkeeping: bool | None = None) -> FitResult:
     """Fit model() to the fully observed X by full-batch gradient steps on the mean squared error.
 
     The model left behind holds the parameters of the best epoch by training loss (the loss
     evaluated at epoch t is the one of the parameters *before* step t, so those are snapshot).
     A NaN/inf loss stops this model with diverged=True instead of raising, so a sweep carries
     on with its other settings. `penalty` adds a regularizer to the loss (not to the reported
-    loss used for model selection, which is the plain MSE).
+    loss used for model selection, which is the plain MSE). `device_bookkeeping` forces the
+    GPU-style (sync-free) best-epoch bookkeeping on or off; by default it is on off the CPU.
     """
     device = X.device
     params = [p for p in model.parameters()]
     best_state = [p.detach().clone() for p in params]
     # On a GPU, keep the best-loss bookkeeping on the device: a .item() per epoch would make
     # the CPU wait for the GPU every step. On the CPU there is nothing to wait for.
-    on_gpu = device.type != "cpu"
+    on_gpu = device.type != "cpu" if device_bookkeeping is None else device_bookkeeping
     best_loss = torch.full((), float("inf"), device=device) if on_gpu else float("inf")
     best_epoch_t = torch.zeros((), dtype=torch.long, device=device) if on_gpu else 0
     history: list[float] = []

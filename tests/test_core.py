@@ -206,6 +206,23 @@ def test_fit_full_keeps_best_when_training_gets_worse():
     assert math.isfinite(final) and final == pytest.approx(res.best_loss, rel=1e-4)
 
 
+def test_device_side_bookkeeping_matches_host_side():
+    """The sync-free best-epoch bookkeeping used on GPUs, run on the CPU, gives the same
+    best epoch, loss and parameters as the host-side one."""
+    X = make_synthetic("random", 16, 16, 1) * 4
+    results = []
+    for flag in (False, True):
+        m = core.MF(16, 16, 2, init_std=0.5, gen=torch.Generator().manual_seed(0))
+        r = core.fit_full(m, X, torch.optim.SGD(m.parameters(), lr=60.0), 60, log_every=20,
+                          log=lambda s: None, device_bookkeeping=flag)
+        results.append((r.best_epoch, round(r.best_loss, 6), m.A.detach().clone()))
+    assert results[0][:2] == results[1][:2] and torch.equal(results[0][2], results[1][2])
+    m = core.MF(16, 16, 4, gen=torch.Generator().manual_seed(0))
+    r = core.fit_full(m, X, torch.optim.SGD(m.parameters(), lr=1e6, momentum=0.999), 300,
+                      name="mf_sgd", log=lambda s: None, device_bookkeeping=True)
+    assert r.diverged and "diverged" in r.message
+
+
 def test_fit_full_reports_divergence_instead_of_raising():
     X = make_synthetic("random", 16, 16, 1) * 4
     m = core.MF(16, 16, 4, gen=torch.Generator().manual_seed(0))
