@@ -47,7 +47,7 @@ MODEL_KEYS = {"mf": "baseline", "mmf": "mmf"}   # the spec's JSON keys for the t
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="MF vs MMF on explicit-rating matrix completion.",
+    p = mc.CLIParser(description="MF vs MMF on explicit-rating matrix completion.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ml-1m", help=", ".join(data_utils.DATASETS))

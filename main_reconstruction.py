@@ -41,7 +41,7 @@ CSV_COLUMNS = ["seed", "I", "J", "R", "K", "K_ratio", "budget", "method", "param
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = core.CLIParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("matrix")
     g.add_argument("--I", type=int, default=1080, help="rows")

@@ -419,6 +419,15 @@ def truncated_svd(X: torch.Tensor, R: int) -> torch.Tensor:
 # Devices, seeding, precision
 # ----------------------------------------------------------------------------------------
 
+class CLIParser(__import__("argparse").ArgumentParser):
+    """argparse for every entrypoint, but a bad flag is one line on stderr and exit 2, like
+    every other input error, instead of the usage text followed by the error."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def add_device_args(parser) -> None:
     """--device, --tf32, --deterministic: the same three flags in every entrypoint."""
     parser.add_argument("--device", default="auto",

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from data_utils import make_blockdiag, make_random
-from mmf_core import (MASK_FORMULAS, MASKS, MMF, ConfigError, add_device_args, atomic_path,
+from mmf_core import (MASK_FORMULAS, MASKS, MMF, CLIParser, ConfigError, add_device_args, atomic_path,
                       base_rank, count_params, environment_info, fit_full, make_adam, mf_budget,
                       parse_int_list, parse_str_list, rel_fro, resolve_device, run_cli,
                       savefig_atomic, setting_generator, setup_torch, truncated_svd,
@@ -120,16 +120,8 @@ def energy_beyond(s: np.ndarray, R: int, total_energy: float | None = None) -> f
 # ----------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (exit 2), not usage + error."""
-
-    def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def get_args(argv=None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n\n")[0],
+    p = CLIParser(description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_device_args(p)
     p.add_argument("--out_dir", default="out_express", help="where every file goes")

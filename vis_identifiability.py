@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from mmf_core import (MASK_FORMULAS, MASKS, MF, MMF, ConfigError, add_device_args, atomic_path,
+from mmf_core import (MASK_FORMULAS, MASKS, MF, MMF, CLIParser, ConfigError, add_device_args, atomic_path,
                       environment_info, fit_full, make_adam, rel_fro, resolve_device, run_cli,
                       savefig_atomic, setting_generator, setup_torch, truncated_svd,
                       write_json_atomic)
@@ -126,16 +126,8 @@ def subspace_stats(A: torch.Tensor, B: torch.Tensor, gen: torch.Generator) -> di
 # ----------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (exit 2), not usage + error."""
-
-    def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def get_args(argv=None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n\n")[0],
+    p = CLIParser(description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_device_args(p)
     p.add_argument("--out_dir", default="out_iden", help="where every file goes")
