@@ -110,12 +110,7 @@ def get_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("output and machine")
     g.add_argument("--save_dir", default="./results_mmf")
     g.add_argument("--plot_curves", action="store_true", help="save validation-RMSE curves (PNG)")
-    g.add_argument("--threads", type=int, default=0,
-                   help="CPU threads per process (0: torch's default; under torchrun the cores "
-                        "are shared out between the ranks of a node)")
-    g.add_argument("--resume", action="store_true",
-                   help="keep the models an earlier run of the same configuration finished in "
-                        "--save_dir and train only the missing ones")
+    mc.add_sweep_args(g, "--save_dir")
     mc.add_device_args(p)
     return p.parse_args(argv)
 

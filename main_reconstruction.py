@@ -82,12 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask_scale", type=float, default=-1.0, help="s in s^2 * sum_k ...; negative: 1/K")
     g = p.add_argument_group("system")
     core.add_device_args(p)
-    g.add_argument("--threads", type=int, default=0,
-                   help="CPU threads per process (0: torch's default; under torchrun the cores "
-                        "are shared out between the ranks of a node)")
-    g.add_argument("--resume", action="store_true",
-                   help="keep the rows of an earlier run of the same configuration in --out_dir "
-                        "and run only the missing settings")
+    core.add_sweep_args(g, "--out_dir")
     g.add_argument("--out_dir", default="out")
     g.add_argument("--no_plots", action="store_true")
     g.add_argument("--mpl_backend", default="Agg")
@@ -227,21 +222,26 @@ def make_plots(rows: list[dict], out_dir: Path, tag: str) -> list[Path]:
     if df.empty:
         return []
     stats = df.groupby(["method", "R", "K_ratio", "budget"])["rel_fro"].agg(["mean", "std"]).reset_index()
+
+    def finish(fig, ax, xlabel, title, name) -> Path:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("relative Frobenius error")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = out_dir / name
+        core.savefig_atomic(fig, path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
     written = []
     for ratio, sub in stats.groupby("K_ratio"):
         fig, ax = plt.subplots(figsize=(6, 4))
         for method, m in sub.groupby("method"):
             m = m.sort_values("budget")
             ax.errorbar(m["budget"], m["mean"], yerr=m["std"].fillna(0), marker="o", label=method, capsize=3)
-        ax.set_xlabel("parameter budget (I+J)·R")
-        ax.set_ylabel("relative Frobenius error")
-        ax.set_title(f"{tag}: K_ratio {ratio:g}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out_dir / f"rel_fro_vs_budget_{tag}_Kratio{ratio:g}.png"
-        core.savefig_atomic(fig, path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(finish(fig, ax, "parameter budget (I+J)·R", f"{tag}: K_ratio {ratio:g}",
+                              f"rel_fro_vs_budget_{tag}_Kratio{ratio:g}.png"))
     for R, sub in stats.groupby("R"):
         fig, ax = plt.subplots(figsize=(6, 4))
         mmf = sub[sub["method"] == "mmf"].sort_values("K_ratio")
@@ -251,15 +251,9 @@ def make_plots(rows: list[dict], out_dir: Path, tag: str) -> list[Path]:
         # baselines do not depend on K: one horizontal line each (mean over K settings)
         for i, (method, m) in enumerate(sub[sub["method"] != "mmf"].groupby("method")):
             ax.axhline(m["mean"].mean(), ls="--", color=f"C{i + 1}", label=method)
-        ax.set_xlabel("K_ratio = K / R")
-        ax.set_ylabel("relative Frobenius error")
-        ax.set_title(f"{tag}: R {R} (budget {int(sub['budget'].iloc[0])})")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out_dir / f"rel_fro_vs_Kratio_{tag}_R{R}.png"
-        core.savefig_atomic(fig, path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(finish(fig, ax, "K_ratio = K / R",
+                              f"{tag}: R {R} (budget {int(sub['budget'].iloc[0])})",
+                              f"rel_fro_vs_Kratio_{tag}_R{R}.png"))
     return written
 
 

@@ -439,6 +439,16 @@ def add_device_args(parser) -> None:
                         help="deterministic algorithms (bitwise-repeatable GPU runs; may be slower)")
 
 
+def add_sweep_args(parser, out_flag: str) -> None:
+    """--threads and --resume: the same two flags in both sweep entrypoints (torchrun-aware)."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per process (0: torch's default; under torchrun the "
+                             "cores are shared out between the ranks of a node)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep what an earlier run of the same configuration finished in "
+                             f"{out_flag} and run only the missing settings")
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn a --device string into a torch.device. A GPU that is not there gives one warning
     line and the CPU, so commands written for a GPU machine still run on a laptop."""
